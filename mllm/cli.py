@@ -1,0 +1,135 @@
+"""The `mllm` console script: one subcommand per job, each configured by a typed dataclass.
+
+Every subcommand takes `--config FILE.yaml` plus dotted overrides of any field (`--optim.base_lr 1e-3`),
+parsed by jsonargparse, and writes the resolved configuration to `config.yaml` in its output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from mllm.logging_utils import setup_logging, summary
+
+log = logging.getLogger("mllm")
+
+
+def _world() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.world.build import WorldConfig, build_world
+
+    def run(cfg: WorldConfig) -> None:
+        manifest = build_world(cfg)
+        rows = sum(manifest["benchmark_rows"].values())
+        summary(f"world: {manifest['train_images']} training images, {rows} benchmark rows -> {cfg.out}")
+
+    return WorldConfig, run
+
+
+def _pretrain() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.train_stages.pretrain import PretrainConfig, pretrain
+
+    def run(cfg: PretrainConfig) -> None:
+        s = pretrain(cfg)
+        summary(f"pretrain: {s['steps']} steps, loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}, "
+                f"{s['samples_per_second']} samples/s, {s['skipped_samples']} bad samples skipped; "
+                f"encoder -> {s['encoder']}")
+
+    return PretrainConfig, run
+
+
+def _pretrain_lm() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.train_stages.language import LanguageConfig, pretrain_language
+
+    def run(cfg: LanguageConfig) -> None:
+        s = pretrain_language(cfg)
+        summary(f"pretrain-lm: {s['steps']} steps, loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}; "
+                f"model -> {s['model']}")
+
+    return LanguageConfig, run
+
+
+def _train() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.train_stages.stages import TrainConfig
+    from mllm.train_stages.vlm_trainer import train
+
+    def run(cfg: TrainConfig) -> None:
+        s = train(cfg)
+        stages = "; ".join(f"{x['stage']} loss {x['first_loss']:.3f} -> {x['final_loss']:.3f}" for x in s["stages"])
+        summary(f"train: {stages}; model -> {s['model']}")
+
+    return TrainConfig, run
+
+
+def _eval() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.eval.runner import EvalConfig, evaluate
+
+    def run(cfg: EvalConfig) -> None:
+        results = evaluate(cfg)
+        print((Path(cfg.out) / "results.md").read_text(), end="")
+        summary(f"eval: mean headline {results['mean']:.1f} over {len(results['benchmarks'])} benchmarks -> "
+                f"{cfg.out}/results.json")
+
+    return EvalConfig, run
+
+
+def _demo() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.demo import DemoConfig, run_demo
+
+    return DemoConfig, run_demo
+
+
+COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]] = {
+    "world": ("write the synthetic world (shards, stage data, mini-benchmarks, tokenizer)", _world),
+    "pretrain": ("pretrain a vision encoder (OpenVision 2) on image-caption shards", _pretrain),
+    "pretrain-lm": ("warm up a language model on a text corpus", _pretrain_lm),
+    "train": ("run a VLM recipe's stages", _train),
+    "eval": ("evaluate a VLM on benchmarks", _eval),
+    "demo": ("world -> encoder pretraining -> VLM stages -> eval, against a random-encoder control", _demo),
+}
+
+
+def _to_dataclass(cls: type, ns: Namespace) -> Any:
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, tuple[type, Callable[[Any], Any], ArgumentParser]]]:
+    parser = ArgumentParser(prog="mllm", description="Build multimodal LLMs the LLaVA way.")
+    subcommands = parser.add_subcommands(dest="command")
+    loaded = {}
+    for name, (help_text, load) in COMMANDS.items():
+        config_cls, run = load()
+        sub = ArgumentParser(prog=f"mllm {name}", description=help_text)
+        sub.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+        sub.add_class_arguments(config_cls, None)
+        subcommands.add_subcommand(name, sub, help=help_text)
+        loaded[name] = (config_cls, run, sub)
+    return parser, loaded
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    parser, loaded = build_parser()
+    parsed = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    name = parsed.command
+    config_cls, run, sub = loaded[name]
+    raw = parsed[name]
+    raw.pop("config", None)
+    cfg = _to_dataclass(config_cls, sub.instantiate(raw))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(sub.dump(raw))
+    try:
+        run(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        log.error("%s", err)
+        raise SystemExit(f"mllm {name}: error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data readers and writers: webdataset shards, LLaVA conversation JSON, parquet tables, images."""

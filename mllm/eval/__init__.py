@@ -1,0 +1,1 @@
+"""Benchmarks, scoring and evaluation runs."""

@@ -1,0 +1,104 @@
+"""`mllm pretrain-lm`: warm up a causal LM on text, for worlds where no pretrained LLM exists.
+
+LLaVA starts from a pretrained, instruction-following LLM; the synthetic world cannot download one, so
+this trains the tiny Llama on the world's prose (every token) and on text-only conversations in LLaVA
+format (assistant replies only, rendered with the chat template). The output is a plain Hugging Face
+folder (model + tokenizer) that any recipe loads through `llm.path`, like a downloaded Llama-3 or SmolLM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+from transformers import TrainingArguments
+
+from mllm.data.images import ImageConfig
+from mllm.data.llava_json import ConversationDataset, collate
+from mllm.llm import LLMConfig, build_llm, load_tokenizer
+from mllm.train_stages.vlm_trainer import LengthGroupedTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LanguageConfig:
+    """Options of `mllm pretrain-lm`."""
+
+    out: str = "runs/lm"
+    corpus: str = "runs/world/text/corpus.txt"  # one document a line
+    conversations: list[str] = field(default_factory=lambda: ["runs/world/text/reading.json"])
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    epochs: float = 1.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.05
+    max_length: int = 256
+    seed: int = 0
+    logging_steps: int = 10
+
+
+class LineCorpus(Dataset):
+    """Each non-empty line of a text file, tokenized and closed with the end-of-text token."""
+
+    def __init__(self, path: Path, tokenizer: Any, max_length: int) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus not found: {path}")
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"corpus {path} is not UTF-8 text: {err}") from err
+        lines = [line for line in lines if line]
+        if not lines:
+            raise ValueError(f"corpus {path} has no text")
+        encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+        self.items = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in encoded]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.items]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        ids = torch.tensor(self.items[index])
+        return {"input_ids": ids, "labels": ids}
+
+
+def pretrain_language(cfg: LanguageConfig) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.llm)
+    model = build_llm(cfg.llm, tokenizer)
+    parts: list[Dataset] = [LineCorpus(Path(cfg.corpus), tokenizer, cfg.max_length)]
+    parts += [ConversationDataset(path, None, tokenizer, ImageConfig(), "chat", 0, cfg.max_length)
+              for path in cfg.conversations]
+    dataset = ConcatDataset(parts)
+    out = Path(cfg.out)
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay, num_train_epochs=cfg.epochs, warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="cosine", logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
+        use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed,
+        remove_unused_columns=False,
+    )
+    lengths = [n for part in parts for n in part.lengths]
+    trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=dataset, lengths=lengths,
+                                   data_collator=partial(collate, pad_id=tokenizer.pad_token_id))
+    start = time.time()
+    result = trainer.train()
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    summary = {"documents": len(dataset), "steps": result.global_step, "first_loss": losses[0],
+               "final_loss": losses[-1], "seconds": round(time.time() - start, 1), "model": str(out / "model")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
