@@ -120,11 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     config_cls, run, sub = loaded[name]
     raw = parsed[name]
     raw.pop("config", None)
-    cfg = _to_dataclass(config_cls, sub.instantiate(raw))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(sub.dump(raw))
     try:
+        cfg = _to_dataclass(config_cls, sub.instantiate(raw))
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(sub.dump(raw))
         run(cfg)
     except (FileNotFoundError, ValueError, KeyError) as err:
         log.error("%s", err)

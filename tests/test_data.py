@@ -411,7 +411,12 @@ def test_collate_pads_and_stacks_present_images(tmp_path: Path, world_tokenizer)
     assert batch["input_ids"].dtype == torch.long
 
 
-def test_collate_without_images_gives_none(tmp_path: Path, world_tokenizer) -> None:
+def test_collate_without_images_has_no_pixel_values(tmp_path: Path, world_tokenizer) -> None:
+    """A text-only batch carries no `pixel_values` key, so it also suits a plain causal LM."""
     path, folder = _stage(tmp_path, GOOD)
     dataset = _dataset(path, folder, world_tokenizer)
-    assert collate([dataset[1]], pad_id=0)["pixel_values"] is None
+    item = dataset[1]
+    assert item["pixel_values"] is None
+    batch = collate([item], pad_id=0)
+    assert set(batch) == {"input_ids", "labels", "attention_mask"}
+    assert torch.equal(batch["input_ids"][0], item["input_ids"])
