@@ -148,14 +148,14 @@ def test_vicuna_template_pieces_match_and_label_only_replies(vicuna, conversatio
         _check_template(vicuna, turns, " ", "</s>")
 
 
-def test_plain_format_is_image_then_caption_then_eos(chatml) -> None:
+def test_plain_format_is_bos_image_caption_eos(chatml) -> None:
     turns = [{"from": "human", "value": "<image>\nDescribe the image."},
              {"from": "gpt", "value": "A large red star is at the top left."}]
     ids, labels = encode_conversation(chatml, turns, "plain", N_IMAGE, max_length=512)
     image_id = chatml.convert_tokens_to_ids("<image>")
     caption = chatml(turns[1]["value"], add_special_tokens=False)["input_ids"]
-    assert ids == [image_id] * N_IMAGE + caption + [chatml.eos_token_id]
-    assert labels == [IGNORE_INDEX] * N_IMAGE + caption + [chatml.eos_token_id]
+    assert ids == [chatml.bos_token_id] + [image_id] * N_IMAGE + caption + [chatml.eos_token_id]
+    assert labels == [IGNORE_INDEX] * (N_IMAGE + 1) + caption + [chatml.eos_token_id]
     assert "Describe" not in chatml.decode(ids)
 
 
@@ -188,7 +188,7 @@ def test_truncation_that_leaves_no_label_is_refused(chatml, conversations) -> No
         encode_conversation(chatml, turns, "chat", N_IMAGE, max_length=first_label)
     plain = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a red ring"}]
     with pytest.raises(ConversationError):
-        encode_conversation(chatml, plain, "plain", N_IMAGE, max_length=N_IMAGE)
+        encode_conversation(chatml, plain, "plain", N_IMAGE, max_length=N_IMAGE + 1)
 
 
 @pytest.mark.parametrize(
@@ -228,7 +228,7 @@ def test_encode_prompt_ends_with_generation_prompt(chatml, n: int) -> None:
     generation = chatml("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     assert ids[-len(generation):] == generation
     assert chatml.decode(ids) == (
-        "<|im_start|>user\n" + "<image>" * n + "\nWhat colour is the star?<|im_end|>\n<|im_start|>assistant\n"
+        "<s><|im_start|>user\n" + "<image>" * n + "\nWhat colour is the star?<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -238,9 +238,15 @@ def test_encode_prompt_with_llama3_template(llama3) -> None:
     assert llama3.decode(ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
-def test_encode_prompt_plain_is_only_the_image(chatml) -> None:
+def test_encode_prompt_plain_is_bos_then_the_image(chatml) -> None:
     ids = encode_prompt(chatml, "<image>\nignored", "plain", 4)
-    assert ids == [chatml.convert_tokens_to_ids("<image>")] * 4
+    assert ids == [chatml.bos_token_id] + [chatml.convert_tokens_to_ids("<image>")] * 4
+
+
+def test_chat_sequences_open_with_the_begin_of_text_token(chatml, conversations) -> None:
+    """A constant first position, as Llama-3's template gives: image features never sit at position 0."""
+    ids, _ = encode_conversation(chatml, conversations[0], "chat", N_IMAGE, max_length=4096)
+    assert ids[0] == chatml.bos_token_id and ids.count(chatml.bos_token_id) == 1
 
 
 def test_chat_encoding_agrees_with_the_prompt_encoding(chatml) -> None:

@@ -29,6 +29,7 @@ from mllm.data.llava_json import ConversationDataset, collate
 from mllm.data.parquet import decode_image, encode_image, read_table, write_table
 from mllm.data.shards import CaptionShards, ShardConfig, resolve_shards
 from mllm.llm import LLMConfig, load_tokenizer
+from mllm.train_stages.language import LineCorpus
 
 
 def _image(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -420,3 +421,23 @@ def test_collate_without_images_has_no_pixel_values(tmp_path: Path, world_tokeni
     batch = collate([item], pad_id=0)
     assert set(batch) == {"input_ids", "labels", "attention_mask"}
     assert torch.equal(batch["input_ids"][0], item["input_ids"])
+
+
+def test_line_corpus_wraps_each_line_in_begin_and_end_of_text(tmp_path: Path, world_tokenizer) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A red star.\n\n  Two objects.  \n")
+    items = LineCorpus(corpus, world_tokenizer, max_length=4)
+    assert len(items) == 2
+    first = items[0]["input_ids"].tolist()
+    assert first[0] == world_tokenizer.bos_token_id and first[-1] == world_tokenizer.eos_token_id
+    assert len(first) == 4 and items.lengths == [4, 4]
+    full = LineCorpus(corpus, world_tokenizer, max_length=64)[1]["input_ids"].tolist()
+    assert world_tokenizer.decode(full[1:-1]) == "Two objects."
+
+
+def test_line_corpus_of_missing_or_empty_file_names_it(tmp_path: Path, world_tokenizer) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        LineCorpus(tmp_path / "nowhere.txt", world_tokenizer, max_length=8)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="blank.txt"):
+        LineCorpus(tmp_path / "blank.txt", world_tokenizer, max_length=8)

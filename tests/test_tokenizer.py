@@ -73,7 +73,7 @@ def test_special_tokens_have_distinct_ids(tokenizer) -> None:
     assert tokenizer.pad_token_id == ids[3] and tokenizer.eos_token_id == ids[2]
 
 
-def test_chat_template_renders_chatml(tokenizer) -> None:
+def test_chat_template_renders_chatml_after_begin_of_text(tokenizer) -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "<image>\nWhat colour is the star?"},
@@ -81,7 +81,7 @@ def test_chat_template_renders_chatml(tokenizer) -> None:
         {"role": "user", "content": "Where is it?"},
     ]
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<s><|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\n<image>\nWhat colour is the star?<|im_end|>\n"
         "<|im_start|>assistant\nred<|im_end|>\n"
         "<|im_start|>user\nWhere is it?<|im_end|>\n"

@@ -5,8 +5,8 @@ on its own and the ids are concatenated, so the loss mask is the tokenization it
 it the way LLaVA's length arithmetic did ("tokenization mismatch, loss = 0"). Only assistant replies,
 with their end-of-turn token, carry labels.
 
-Formats: `chat` uses the chat template stored with the tokenizer; `plain` (LLaVA's alignment stage) is the
-image followed by the caption and end-of-text, with the human turn dropped.
+Formats: `chat` uses the chat template stored with the tokenizer; `plain` (LLaVA's alignment stage) is
+begin-of-text, the image, the caption and end-of-text, with the human turn dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The begin-of-text token where the tokenizer has one. A constant first position gives the LM an
+    attention sink that image features never occupy; without it a frozen LM reading a prefix of image
+    features loses its footing."""
+    return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -71,7 +78,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
 def encode_plain(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     reply = next(m["content"] for m in messages if m["role"] == "assistant")
     caption = _ids(tokenizer, reply) + [tokenizer.eos_token_id]
-    image = _ids(tokenizer, IMAGE_TOKEN)
+    image = bos(tokenizer) + _ids(tokenizer, IMAGE_TOKEN)
     return image + caption, [IGNORE_INDEX] * len(image) + caption
 
 
@@ -109,7 +116,7 @@ def encode_conversation(
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, fmt: str, num_image_tokens: int) -> list[int]:
     """Ids of a one-turn user prompt (with `<image>`) ready for generation, image positions expanded."""
     if fmt == "plain":
-        ids = _ids(tokenizer, IMAGE_TOKEN)
+        ids = bos(tokenizer) + _ids(tokenizer, IMAGE_TOKEN)
     else:
         ids = _ids(tokenizer, _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True))
     return expand_images(ids, ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), num_image_tokens)[0]

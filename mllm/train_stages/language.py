@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 from transformers import TrainingArguments
 
+from mllm.data.conversation import bos
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import LLMConfig, build_llm, load_tokenizer
@@ -47,7 +48,7 @@ class LanguageConfig:
 
 
 class LineCorpus(Dataset):
-    """Each non-empty line of a text file, tokenized and closed with the end-of-text token."""
+    """Each non-empty line of a text file, tokenized between the begin- and end-of-text tokens."""
 
     def __init__(self, path: Path, tokenizer: Any, max_length: int) -> None:
         if not path.is_file():
@@ -60,7 +61,8 @@ class LineCorpus(Dataset):
         if not lines:
             raise ValueError(f"corpus {path} has no text")
         encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
-        self.items = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in encoded]
+        first = bos(tokenizer)
+        self.items = [first + ids[: max_length - 1 - len(first)] + [tokenizer.eos_token_id] for ids in encoded]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,8 +1,8 @@
 """The synthetic world's tokenizer: byte-level BPE trained on the world's own text, saved in HF format.
 
 Digits are split one by one so numbers compose from a handful of tokens. The chat template is ChatML
-(the format of SmolLM's instruct models), stored with the tokenizer so training, evaluation and serving
-render conversations identically.
+(the format of SmolLM's instruct models) opened by a begin-of-text token as Llama-3's template is, stored
+with the tokenizer so training, evaluation and serving render conversations identically.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 PAD, BOS, EOS = "<pad>", "<s>", "<|im_end|>"
 IM_START, IMAGE = "<|im_start|>", "<image>"
 CHATML_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"

@@ -1,0 +1,1 @@
+"""Talking to a trained VLM: terminal chat, the web demo and an HTTP API (arrive with `mllm chat` and `mllm serve`)."""
