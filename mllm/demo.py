@@ -106,6 +106,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     (out / "results.md").write_text(table)
     (out / "timings.json").write_text(json.dumps({**timings, "total": round(sum(timings.values()), 1)}, indent=1))
     print(table, end="")
+    above = sum(r["headline"] > r["chance"] for name, r in results["ov2"].items() if name != "mean")
     summary(f"demo: mean {results['ov2']['mean']:.1f} (OV2 encoder) vs {results['random_encoder']['mean']:.1f} "
-            f"(random encoder) in {sum(timings.values()) / 60:.1f} min -> {out / 'results.json'}")
+            f"(random encoder); OV2 above chance on {above}/{len(results['ov2']) - 1} benchmarks; "
+            f"{sum(timings.values()) / 60:.1f} min -> {out / 'results.json'}")
     return results
