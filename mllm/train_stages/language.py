@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
-from transformers import TrainingArguments
 
 from mllm.data.conversation import bos
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import LLMConfig, build_llm, load_tokenizer
-from mllm.train_stages.vlm_trainer import LengthGroupedTrainer
+from mllm.train_stages.vlm_trainer import LengthGroupedTrainer, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +84,8 @@ def pretrain_language(cfg: LanguageConfig) -> dict[str, Any]:
               for path in cfg.conversations]
     dataset = ConcatDataset(parts)
     out = Path(cfg.out)
-    args = TrainingArguments(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay, num_train_epochs=cfg.epochs, warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type="cosine", logging_steps=cfg.logging_steps, save_strategy="no", report_to="none",
-        use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=torch.cuda.is_available(), seed=cfg.seed,
-        remove_unused_columns=False,
-    )
+    args = training_arguments(out / "trainer", cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_ratio, cfg.seed,
+                              weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, report_to="none")
     lengths = [n for part in parts for n in part.lengths]
     trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=dataset, lengths=lengths,
                                    data_collator=partial(collate, pad_id=tokenizer.pad_token_id))

@@ -65,6 +65,18 @@ class StageTrainer(LengthGroupedTrainer):
         return self.optimizer
 
 
+def training_arguments(output_dir: Path, batch_size: int, lr: float, epochs: float, warmup_ratio: float, seed: int,
+                       **more: Any) -> TrainingArguments:
+    """What every run of ours asks of the Trainer: cosine schedule after a warm-up fraction, no Trainer
+    checkpoints (stages write their own model folders), the accelerator when there is one."""
+    return TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, learning_rate=lr,
+        num_train_epochs=epochs, warmup_steps=warmup_ratio,  # a float below 1 is a fraction of all steps
+        lr_scheduler_type="cosine", save_strategy="no", use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False, seed=seed, **more,
+    )
+
+
 def assemble(cfg: TrainConfig) -> tuple[VisionLanguageModel, Any]:
     tokenizer = load_tokenizer(cfg.llm)
     model = VisionLanguageModel.assemble(build_tower(cfg.encoder), cfg.connector, build_llm(cfg.llm, tokenizer),
@@ -88,25 +100,11 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, init: Path | None) -> dict[s
     )
     set_trainable(model, stage.train)
     stage_dir = Path(cfg.out) / stage.name
-    args = TrainingArguments(
-        output_dir=str(stage_dir / "trainer"),
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.grad_accum,
-        learning_rate=stage.lr,
-        weight_decay=stage.weight_decay,
-        num_train_epochs=stage.epochs,
-        max_steps=stage.max_steps,
-        warmup_steps=stage.warmup_ratio,  # a float below 1 is a fraction of all steps
-        lr_scheduler_type="cosine",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to=cfg.report_to or "none",
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
+    args = training_arguments(
+        stage_dir / "trainer", stage.batch_size, stage.lr, stage.epochs, stage.warmup_ratio, cfg.seed,
+        gradient_accumulation_steps=stage.grad_accum, weight_decay=stage.weight_decay, max_steps=stage.max_steps,
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to or "none", bf16=cfg.bf16,
         dataloader_num_workers=cfg.num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,
-        seed=cfg.seed,
     )
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, stage=stage,
                            lengths=dataset.lengths if stage.group_by_length else None,
