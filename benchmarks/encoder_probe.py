@@ -12,13 +12,12 @@ on a randomly initialised encoder of the same architecture, the demo's control. 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 from pathlib import Path
 
 import torch
 from PIL import Image
+from report import report, stamp
 
 from mllm.data.images import to_tensor
 from mllm.encoders.tower import EncoderConfig, build_tower
@@ -74,17 +73,12 @@ def main() -> None:
     torch.manual_seed(0)
     images, shapes, colours = scenes(args.world, args.scenes)
     train = int(0.8 * len(images))
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads"
-    result = {"date": dt.date.today().isoformat(), "machine": machine,
-              "encoder": str(args.encoder), "scenes": len(images), "held_out": len(images) - train,
+    result = {**stamp(), "encoder": str(args.encoder), "scenes": len(images), "held_out": len(images) - train,
               "feature_layer": args.layer}
     for name, random_init in (("pretrained", False), ("random_init", True)):
         x = features(args.encoder, random_init, images, args.layer)
         result[name] = {"shape": probe(x, shapes, train), "colour": probe(x, colours, train)}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
 import json
-import platform
 from pathlib import Path
 
 import torch
+from report import report, stamp
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mllm.data.conversation import encode_conversation
@@ -65,16 +64,13 @@ def main() -> None:
             swapped = [{**turns[0], "value": other_caption + "\n" + question}, turns[1]]
             moves.append(0.5 * (first_answer(model, tokenizer, swapped)[0] - probs).abs().sum().item())
     result = {
-        "date": dt.date.today().isoformat(), "machine": platform.machine(), "lm": str(args.lm),
+        **stamp(), "lm": str(args.lm),
         "conversations": len(records), "caption_swap_shift": round(sum(moves) / len(moves), 4),
         "first_token_accuracy": {k: round(right[k] / seen[k], 4) for k in sorted(seen)},
         "constant_answer_accuracy": {k: round(collections.Counter(v).most_common(1)[0][1] / len(v), 4)
                                      for k, v in sorted(answers.items())},
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

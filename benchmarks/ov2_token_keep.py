@@ -11,14 +11,12 @@ and the machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from report import report, stamp
 from torch.utils.flop_counter import FlopCounterMode
 
 from mllm.encoders.objectives import OpenVision2Config, OpenVision2Objective
@@ -63,17 +61,14 @@ def main() -> None:
             times[ratio].append(time.perf_counter() - start)
     median = {ratio: statistics.median(t[1:]) for ratio, t in times.items()}
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU",
+        **stamp(),
         "config": vars(args) | {"out": str(args.out)},
         "gflops_per_image": {str(r): round(f / 1e9, 3) for r, f in flops.items()},
         "seconds_per_step": {str(r): round(t, 4) for r, t in median.items()},
         "flops_ratio_keep035_over_full": round(flops[0.35] / flops[1.0], 3),
         "time_ratio_keep035_over_full": round(median[0.35] / median[1.0], 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

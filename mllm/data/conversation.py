@@ -45,9 +45,8 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The begin-of-text token where the tokenizer has one. A constant first position gives the LM an
-    attention sink that image features never occupy; without it a frozen LM reading a prefix of image
-    features loses its footing."""
+    """The begin-of-text token where the tokenizer has one, as Llama-style LMs see at position 0 in
+    pretraining; image features then never take the first position."""
     return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
 
 
