@@ -196,7 +196,8 @@ def test_caption_field_json_org_caption_yields_the_short_caption(tiny_world: Pat
 @pytest.mark.parametrize("name", ["align", "instruct"])
 def test_stage_data_records_are_llava_conversations(tiny_world: Path, name: str) -> None:
     records = json.loads((tiny_world / "stage_data" / f"{name}.json").read_text())
-    assert isinstance(records, list) and len(records) == 240
+    assert isinstance(records, list)
+    assert len([r for r in records if not r["id"].endswith("-describe")]) == 240
     assert len({r["id"] for r in records}) == len(records)
     for record in records:
         assert set(record) == {"id", "image", "conversations"}
@@ -255,6 +256,21 @@ def test_instruct_mix_covers_all_eight_question_families(tiny_world: Path) -> No
             families[_family(human["value"].removeprefix("<image>\n"), gpt["value"])] += 1
     assert set(BENCHMARK_KEYS) <= set(families), families
     assert set(families) <= {*BENCHMARK_KEYS, "describe"}
+
+
+def test_instruct_mix_has_standalone_descriptions_at_the_configured_share(tiny_world: Path) -> None:
+    """About `describe_prob` (0.5 by default) of the images also get a one-turn detailed description whose
+    answer is the image's dense caption, as in the alignment data."""
+    instruct = json.loads((tiny_world / "stage_data" / "instruct.json").read_text())
+    captions = {r["id"]: r["conversations"][1]["value"]
+                for r in json.loads((tiny_world / "stage_data" / "align.json").read_text())}
+    described = [r for r in instruct if r["id"].endswith("-describe")]
+    assert 0.35 * 240 < len(described) < 0.65 * 240
+    for record in described:
+        key = record["id"].removesuffix("-describe")
+        assert record["image"] == f"train/{key}.jpg"
+        assert [t["value"] for t in record["conversations"]] == ["<image>\nDescribe the image in detail.",
+                                                                  captions[key]]
 
 
 def test_align_data_is_describe_prompt_with_dense_caption(tiny_world: Path) -> None:

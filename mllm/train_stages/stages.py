@@ -61,3 +61,4 @@ class TrainConfig:
     logging_steps: int = 10
     num_workers: int = 0
     report_to: list[str] = field(default_factory=list)
+    progress: bool = True  # the Trainer's progress bars

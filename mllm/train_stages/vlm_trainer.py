@@ -104,7 +104,7 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, init: Path | None) -> dict[s
         stage_dir / "trainer", stage.batch_size, stage.lr, stage.epochs, stage.warmup_ratio, cfg.seed,
         gradient_accumulation_steps=stage.grad_accum, weight_decay=stage.weight_decay, max_steps=stage.max_steps,
         logging_steps=cfg.logging_steps, report_to=cfg.report_to or "none", bf16=cfg.bf16,
-        dataloader_num_workers=cfg.num_workers,
+        dataloader_num_workers=cfg.num_workers, disable_tqdm=not cfg.progress,
     )
     trainer = StageTrainer(model=model, args=args, train_dataset=dataset, stage=stage,
                            lengths=dataset.lengths if stage.group_by_length else None,

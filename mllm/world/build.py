@@ -56,7 +56,9 @@ class WorldConfig:
     image_size: int = 96  # a 3x3 grid of 32-pixel cells: each cell is one patch of a /32 ViT
     shard_size: int = 500
     jpeg_quality: int = 95
-    describe_prob: float = 0.5  # share of instruction conversations ending in a detailed description
+    # Share of training images that also get a standalone "Describe the image in detail." conversation in the
+    # instruction mix (LLaVA's mix has such records too): dense supervision that grounds every object.
+    describe_prob: float = 0.5
 
 
 def training_answer(family: str, doc: dict[str, Any]) -> str:
@@ -80,8 +82,18 @@ def _kind(rng: random.Random) -> str:
     return rng.choices([k for k, _ in KIND_MIX], weights=[w for _, w in KIND_MIX])[0]
 
 
-def _conversation(key: str, scene: Scene, rng: random.Random, popular: list[str],
-                  describe_prob: float) -> dict[str, Any]:
+DESCRIBE = "Describe the image in detail."
+
+
+def _record(key: str, turns: list[tuple[str, str]], suffix: str = "") -> dict[str, Any]:
+    conversations = []
+    for i, (question, answer) in enumerate(turns):
+        conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        conversations.append({"from": "gpt", "value": answer})
+    return {"id": key + suffix, "image": f"train/{key}.jpg", "conversations": conversations}
+
+
+def _conversation(key: str, scene: Scene, rng: random.Random, popular: list[str]) -> dict[str, Any]:
     """A multi-turn LLaVA-format conversation mixing the question families that fit the scene."""
     turns: list[tuple[str, str]] = []
     families = [f for f, kinds in language.FAMILY_KINDS.items() if scene.kind in kinds]
@@ -90,14 +102,7 @@ def _conversation(key: str, scene: Scene, rng: random.Random, popular: list[str]
         keep = rng.randint(1, len(docs)) if docs else 0
         turns += [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs[:keep]]
     rng.shuffle(turns)
-    # The detailed description comes last, so the short answers before it cannot be read off it.
-    if rng.random() < describe_prob or not turns:
-        turns.append(("Describe the image in detail.", language.dense_caption(scene)))
-    conversations = []
-    for i, (question, answer) in enumerate(turns):
-        conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
-        conversations.append({"from": "gpt", "value": answer})
-    return {"id": key, "image": f"train/{key}.jpg", "conversations": conversations}
+    return _record(key, turns or [(DESCRIBE, language.dense_caption(scene))])
 
 
 def _as_reading(record: dict[str, Any], caption: str) -> dict[str, Any]:
@@ -151,9 +156,11 @@ def _write_training(cfg: WorldConfig, out: Path, holdout: Holdout) -> tuple[list
             tar.addfile(info, io.BytesIO(payload))
         align.append({"id": key, "image": f"train/{key}.jpg", "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": dense}]})
-        instruct.append(_conversation(key, scene, rng, popular, cfg.describe_prob))
+        instruct.append(_conversation(key, scene, rng, popular))
         if any(t["value"] != dense for t in instruct[-1]["conversations"][1::2]):
             reading.append(_as_reading(instruct[-1], dense))
+        if rng.random() < cfg.describe_prob:
+            instruct.append(_record(key, [(DESCRIBE, dense)], suffix="-describe"))
         prose += [dense, alt]
         texts += [dense, alt] + [turn["value"] for turn in instruct[-1]["conversations"]]
     if tar is not None:
