@@ -7,8 +7,9 @@ answers from its language prior alone; the gap is what it reads off the image. T
 one the model was trained with: `plain` for an align-stage model, `chat` (the detailed-description turn of
 the instruction mix) for an instruct-stage one.
 
-    python benchmarks/grounding_probe.py --model runs/demo/ov2/instruct/model --world runs/demo/world \
-        --format chat --out benchmarks/results/grounding_probe_demo.json
+    python benchmarks/grounding_probe.py --world runs/demo/world --format chat \
+        --model runs/demo/ov2/instruct/model runs/demo/random_encoder/instruct/model \
+        --out benchmarks/results/grounding_probe_demo.json
 """
 
 from __future__ import annotations
@@ -65,21 +66,23 @@ def accuracy(model: VisionLanguageModel, tokenizer: Any, data: ConversationDatas
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, nargs="+", required=True)
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--format", choices=("plain", "chat"), default="chat")
     parser.add_argument("--captions", type=int, default=800)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    model, tokenizer = VisionLanguageModel.from_pretrained(args.model)
-    model.eval()
-    data = ConversationDataset(caption_data(args.world, args.format, args.captions), args.world / "images", tokenizer,
-                               model.tower.image, args.format, model.num_image_tokens, 512)
-    result = {**stamp(), "model": str(args.model), "format": args.format, "captions": min(args.captions, len(data)),
-              "note": "training images; teacher-forced accuracy of caption tokens by category"}
-    for name, shuffle in (("right_image", False), ("other_image", True)):
-        result[name] = accuracy(model, tokenizer, data, args.captions, args.batch, shuffle)
+    result: dict[str, Any] = {**stamp(), "world": str(args.world), "format": args.format,
+                              "note": "training images; teacher-forced accuracy of caption tokens by category"}
+    for path in args.model:
+        model, tokenizer = VisionLanguageModel.from_pretrained(path)
+        model.eval()
+        data = ConversationDataset(caption_data(args.world, args.format, args.captions), args.world / "images",
+                                   tokenizer, model.tower.image, args.format, model.num_image_tokens, 512)
+        result[str(path)] = {"captions": min(args.captions, len(data))}
+        for name, shuffle in (("right_image", False), ("other_image", True)):
+            result[str(path)][name] = accuracy(model, tokenizer, data, args.captions, args.batch, shuffle)
     report(result, args.out)
 
 

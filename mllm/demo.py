@@ -3,10 +3,10 @@
 world -> OpenVision 2 encoder pretraining -> language-model warm-up -> the LLaVA-1.5 recipe (align, then
 instruct) twice: on the pretrained encoder and on a randomly initialised frozen encoder of the same
 architecture with the same stage budget -> the eight mini-benchmarks for both. The two VLMs train at once,
-each on half the CPU threads: models this small keep one core busier than two, so on a 2-core machine the
-pair finishes in about two thirds of the time they take one after the other. `results.json` holds
-`{"ov2": {...}, "random_encoder": {...}}` with per-benchmark metrics, headline, chance level and the mean
-of the eight headline metrics (0-100, MME normalised by its maximum).
+each on half the CPU threads, since models this small keep one core busier than two (`--parallel false`
+runs them in turn). `results.json` holds `{"ov2": {...}, "random_encoder": {...}}` with per-benchmark
+metrics, headline, chance level and the mean of the eight headline metrics (0-100, MME normalised by its
+maximum).
 """
 
 from __future__ import annotations
