@@ -24,34 +24,31 @@ from typing import Any
 import torch
 from report import report, stamp
 
-from mllm.data.llava_json import ConversationDataset, collate
+from mllm.data.llava_json import ConversationDataset, collate, load_records
 from mllm.vlm import VisionLanguageModel
+from mllm.world.build import DESCRIBE
 from mllm.world.scene import COLOURS, SHAPES, SIZES, WORDS
 
 CATEGORIES = {"colour": set(COLOURS), "shape": set(SHAPES), "size": set(SIZES), "word": set(WORDS)}
 
 
-def caption_data(world: Path, fmt: str, limit: int) -> Path:
-    """The alignment captions, with the instruct mix's description prompt when the format is chat."""
-    source = world / "stage_data" / "align.json"
-    if fmt == "plain":
-        return source
-    records = json.loads(source.read_text())[:limit]
-    for record in records:
-        record["conversations"][0]["value"] = "<image>\nDescribe the image in detail."
-    out = Path(tempfile.mkdtemp()) / "captions.json"
-    out.write_text(json.dumps(records))
-    return out
+def caption_records(world: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
+    """The first alignment captions, asked with the instruct mix's description prompt in chat format."""
+    records = load_records(world / "stage_data" / "align.json")[:limit]
+    if fmt == "chat":
+        for record in records:
+            record["conversations"][0]["value"] = f"<image>\n{DESCRIBE}"
+    return records
 
 
 @torch.no_grad()
-def accuracy(model: VisionLanguageModel, tokenizer: Any, data: ConversationDataset, limit: int, batch: int,
+def accuracy(model: VisionLanguageModel, tokenizer: Any, data: ConversationDataset, batch: int,
              shuffle: bool) -> dict[str, float]:
     right: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     names = {i: tokenizer.decode([i]).strip() for i in range(len(tokenizer))}
-    for start in range(0, min(limit, len(data)), batch):
-        inputs = collate([data[i] for i in range(start, min(start + batch, limit, len(data)))], tokenizer.pad_token_id)
+    for start in range(0, len(data), batch):
+        inputs = collate([data[i] for i in range(start, min(start + batch, len(data)))], tokenizer.pad_token_id)
         if shuffle:
             inputs["pixel_values"] = inputs["pixel_values"].roll(1, 0)
         labels = inputs.pop("labels")[:, 1:]
@@ -75,14 +72,17 @@ def main() -> None:
     args = parser.parse_args()
     result: dict[str, Any] = {**stamp(), "world": str(args.world), "format": args.format,
                               "note": "training images; teacher-forced accuracy of caption tokens by category"}
-    for path in args.model:
-        model, tokenizer = VisionLanguageModel.from_pretrained(path)
-        model.eval()
-        data = ConversationDataset(caption_data(args.world, args.format, args.captions), args.world / "images",
-                                   tokenizer, model.tower.image, args.format, model.num_image_tokens, 512)
-        result[str(path)] = {"captions": min(args.captions, len(data))}
-        for name, shuffle in (("right_image", False), ("other_image", True)):
-            result[str(path)][name] = accuracy(model, tokenizer, data, args.captions, args.batch, shuffle)
+    with tempfile.TemporaryDirectory() as tmp:
+        captions = Path(tmp) / "captions.json"
+        captions.write_text(json.dumps(caption_records(args.world, args.format, args.captions)))
+        for path in args.model:
+            model, tokenizer = VisionLanguageModel.from_pretrained(path)
+            model.eval()
+            data = ConversationDataset(captions, args.world / "images", tokenizer, model.tower.image, args.format,
+                                       model.num_image_tokens, 512)
+            result[str(path)] = {"captions": len(data)}
+            for name, shuffle in (("right_image", False), ("other_image", True)):
+                result[str(path)][name] = accuracy(model, tokenizer, data, args.batch, shuffle)
     report(result, args.out)
 
 

@@ -106,19 +106,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.parallel:
         threads = max(1, torch.get_num_threads() // len(recipes))
-        # Spawned workers read the thread count from the environment when they import torch; setting it
-        # afterwards leaves OpenMP's pool at full size and the two workers fighting over the cores.
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        try:
-            with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {v: pool.submit(train_and_evaluate, *r, threads, v != "ov2") for v, r in recipes.items()}
-                outcomes = {v: f.result() for v, f in futures.items()}
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
+        with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {v: pool.submit(train_and_evaluate, *r, threads, v != "ov2") for v, r in recipes.items()}
+            outcomes = {v: f.result() for v, f in futures.items()}
     else:
         outcomes = {v: train_and_evaluate(*r) for v, r in recipes.items()}
     timings["vlms"] = round(time.time() - start, 1)

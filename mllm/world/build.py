@@ -154,15 +154,15 @@ def _write_training(cfg: WorldConfig, out: Path, holdout: Holdout) -> tuple[list
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime = len(payload), 0
             tar.addfile(info, io.BytesIO(payload))
-        align.append({"id": key, "image": f"train/{key}.jpg", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": dense}]})
-        instruct.append(_conversation(key, scene, rng, popular))
-        if any(t["value"] != dense for t in instruct[-1]["conversations"][1::2]):
-            reading.append(_as_reading(instruct[-1], dense))
+        align.append(_record(key, [("Describe the image.", dense)]))
+        conversation = _conversation(key, scene, rng, popular)
+        instruct.append(conversation)
+        if any(t["value"] != dense for t in conversation["conversations"][1::2]):
+            reading.append(_as_reading(conversation, dense))
         if rng.random() < cfg.describe_prob:
             instruct.append(_record(key, [(DESCRIBE, dense)], suffix="-describe"))
         prose += [dense, alt]
-        texts += [dense, alt] + [turn["value"] for turn in instruct[-1]["conversations"]]
+        texts += [dense, alt] + [turn["value"] for turn in conversation["conversations"]]
     if tar is not None:
         tar.close()
     (out / "stage_data").mkdir(exist_ok=True)
