@@ -258,6 +258,15 @@ def test_instruct_mix_covers_all_eight_question_families(tiny_world: Path) -> No
     assert set(families) <= {*BENCHMARK_KEYS, "describe"}
 
 
+def test_instruct_mix_yes_no_answers_are_balanced(tiny_world: Path) -> None:
+    """POPE- and MME-style questions come in yes/no pairs; training on a tilted mix teaches "always yes"."""
+    records = json.loads((tiny_world / "stage_data" / "instruct.json").read_text())
+    answers = Counter(turn["value"].lower() for record in records for turn in record["conversations"][1::2]
+                      if turn["value"].lower() in ("yes", "no"))
+    assert sum(answers.values()) > 100, answers
+    assert 0.4 < answers["yes"] / sum(answers.values()) < 0.6, answers
+
+
 def test_instruct_mix_has_standalone_descriptions_at_the_configured_share(tiny_world: Path) -> None:
     """About `describe_prob` (0.5 by default) of the images also get a one-turn detailed description whose
     answer is the image's dense caption, as in the alignment data."""

@@ -99,8 +99,10 @@ def _conversation(key: str, scene: Scene, rng: random.Random, popular: list[str]
     families = [f for f, kinds in language.FAMILY_KINDS.items() if scene.kind in kinds]
     for family in rng.sample(families, min(len(families), rng.randint(2, 3))):
         docs = _family_docs(family, scene, rng, popular)
-        keep = rng.randint(1, len(docs)) if docs else 0
-        turns += [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs[:keep]]
+        # A random subset, not a prefix: yes/no families list the "yes" question first, and a prefix
+        # would tilt the mix two to one towards "yes".
+        docs = rng.sample(docs, rng.randint(1, len(docs))) if docs else []
+        turns += [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs]
     rng.shuffle(turns)
     return _record(key, turns or [(DESCRIBE, language.dense_caption(scene))])
 
