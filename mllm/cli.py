@@ -1,7 +1,9 @@
 """The `mllm` console script: one subcommand per job, each configured by a typed dataclass.
 
 Every subcommand takes `--config FILE.yaml` plus dotted overrides of any field (`--optim.base_lr 1e-3`),
-parsed by jsonargparse, and writes the resolved configuration to `config.yaml` in its output folder.
+parsed by jsonargparse, and writes the resolved configuration to `config.yaml` in its output folder (when it
+has one). Option names may be written with dashes (`--keep-ratio`); a boolean field whose metadata has
+`flag` is a switch (`--json`, `--no_json`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
 from mllm.logging_utils import setup_logging, summary
 
@@ -78,6 +80,12 @@ def _eval() -> tuple[type, Callable[[Any], Any]]:
     return EvalConfig, run
 
 
+def _flops() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.encoders.flops import FlopsConfig, run_flops
+
+    return FlopsConfig, run_flops
+
+
 def _demo() -> tuple[type, Callable[[Any], Any]]:
     from mllm.demo import DemoConfig, run_demo
 
@@ -90,6 +98,8 @@ COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]
     "pretrain-lm": ("warm up a language model on a text corpus", _pretrain_lm),
     "train": ("run a VLM recipe's stages", _train),
     "eval": ("evaluate a VLM on benchmarks", _eval),
+    "flops": ("training FLOPs per image of an encoder-pretraining configuration, counted on the meta device",
+              _flops),
     "demo": ("world -> encoder pretraining -> VLM stages -> eval, against a random-encoder control", _demo),
 }
 
@@ -106,25 +116,37 @@ def build_parser() -> tuple[ArgumentParser, dict[str, tuple[type, Callable[[Any]
         config_cls, run = load()
         sub = ArgumentParser(prog=f"mllm {name}", description=help_text)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
-        sub.add_class_arguments(config_cls, None)
+        flags = [f for f in dataclasses.fields(config_cls) if f.metadata.get("flag")]
+        sub.add_class_arguments(config_cls, None, skip={f.name for f in flags})
+        for flag in flags:
+            sub.add_argument(f"--{flag.name}", action=ActionYesNo, default=flag.default, help=flag.metadata["help"])
         subcommands.add_subcommand(name, sub, help=help_text)
         loaded[name] = (config_cls, run, sub)
     return parser, loaded
 
 
+def _underscored(arg: str) -> str:
+    """`--keep-ratio=0.5` -> `--keep_ratio=0.5`: option names take dashes or underscores; values are kept."""
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + sep + value
+
+
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     parser, loaded = build_parser()
-    parsed = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parsed = parser.parse_args([_underscored(arg) for arg in (sys.argv[1:] if argv is None else argv)])
     name = parsed.command
     config_cls, run, sub = loaded[name]
     raw = parsed[name]
     raw.pop("config", None)
     try:
         cfg = _to_dataclass(config_cls, sub.instantiate(raw))
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(sub.dump(raw))
+        if hasattr(cfg, "out"):
+            out = Path(cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(sub.dump(raw))
         run(cfg)
     except (FileNotFoundError, ValueError, KeyError) as err:
         log.error("%s", err)

@@ -3,6 +3,10 @@
 The caption comes from a configurable field: `txt` (the shard's text file), or `json:<key>` for a key of
 the sample's JSON (ReCap-DataComp-1B keeps `org_caption` there). Unreadable samples are skipped and
 counted, with the shard and key of the first few logged; strict mode raises instead.
+
+Objectives with a contrastive text tower (OpenVision, `ov1`) also get, per sample, the web alt-text (from
+`web_caption_field`, ReCap-DataComp-1B's `org_caption`) and one random sentence of the caption, each as a
+fixed-length row for the text encoder.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import io
 import json
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ class ShardConfig:
 
     shards: str = "runs/world/shards"  # folder of .tar, glob, brace pattern ({00000..00099}) or URL
     caption_field: str = "txt"  # "txt" or "json:<key>", e.g. "json:org_caption"
+    web_caption_field: str = "json:org_caption"  # the alt-text; read only by objectives with a text encoder
     shuffle_buffer: int = 1000
     strict: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -92,8 +98,18 @@ def read_caption(sample: dict[str, Any], caption_field: str) -> str:
     raise ValueError(f"caption_field must be 'txt' or 'json:<key>', got {caption_field!r}")
 
 
+def random_sentence(caption: str, rng: random.Random) -> str:
+    """One sentence of `caption` drawn uniformly, split at . ! and ? like the release's sub-captions."""
+    sentences = [part.strip() for part in re.split(r"[.!?]", caption) if part.strip()]
+    return rng.choice(sentences) if sentences else caption
+
+
 class CaptionShards(IterableDataset):
-    """Stream of {"pixel_values", "caption_ids"}: endless reshuffled epochs in training, one pass otherwise."""
+    """Stream of {"pixel_values", "caption_ids"}: endless reshuffled epochs in training, one pass otherwise.
+
+    With `text_tokenize`, samples also carry `web_ids` (the web caption) and `sentence_ids` (a random
+    sentence of the caption, drawn anew each time the sample is read).
+    """
 
     def __init__(
         self,
@@ -102,8 +118,10 @@ class CaptionShards(IterableDataset):
         tokenize: Callable[[str], torch.Tensor],
         seed: int = 0,
         train: bool = True,
+        text_tokenize: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.image, self.tokenize, self.seed, self.train = cfg, image, tokenize, seed, train
+        self.text_tokenize = text_tokenize
         self.urls = resolve_shards(cfg.shards)
         self.bad = BadSamples(cfg.strict)
 
@@ -122,12 +140,21 @@ class CaptionShards(IterableDataset):
             caption = read_caption(sample, self.cfg.caption_field)
             if not caption:
                 raise ValueError("empty caption")
+            web_caption = None
+            if self.text_tokenize is not None:
+                web_caption = read_caption(sample, self.cfg.web_caption_field)
+                if not web_caption:
+                    raise ValueError("empty web caption")
         except Exception as err:  # any decode failure is a bad sample, never a crash of the stream
             self.bad(where, f"{type(err).__name__}: {err}")
             return None
         if self.train:
             image = augment(image, self.image.size, self.cfg.augment, rng)
-        return {"pixel_values": to_tensor(image, self.image), "caption_ids": self.tokenize(caption)}
+        item = {"pixel_values": to_tensor(image, self.image), "caption_ids": self.tokenize(caption)}
+        if self.text_tokenize is not None and web_caption is not None:
+            item["web_ids"] = self.text_tokenize(web_caption)
+            item["sentence_ids"] = self.text_tokenize(random_sentence(caption, rng))
+        return item
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = torch.utils.data.get_worker_info()

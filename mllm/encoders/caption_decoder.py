@@ -13,13 +13,17 @@ from torch import Tensor, nn
 
 from mllm.encoders.vit import ResidualBlock
 
-# width, depth, mlp_dim, heads as in OpenVision 2's text_decoder_v2 (L is the paper default); Pico and Nano
-# are toolkit additions for CPU-scale runs.
+# width, depth, mlp_dim, heads as in OpenVision 2's text_decoder_v2 (L is the paper default); OpenVision's
+# text encoder uses the same shapes. Pico and Nano are toolkit additions for CPU-scale runs. So400m (the
+# SoViT-400M block shape) is not in the release's table: it is inferred from the paper's cost table, whose
+# SoViT-400M/14 rows are matched only by decoder and text towers of that shape (OpenVision's So400m embedding
+# width, 1152, agrees); see `mllm flops`.
 DECODER_VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
     "B": (512, 12, 2048, 8),
     "L": (768, 12, 3072, 12),
+    "So400m": (1152, 27, 4304, 16),
     "H": (1024, 24, 4096, 16),
     "G": (1664, 48, 8192, 16),
     "Pico": (128, 2, 512, 4),

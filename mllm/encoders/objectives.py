@@ -1,7 +1,8 @@
 """Encoder pretraining objectives: the contract the trainer relies on, and OpenVision 2 captioning.
 
 An objective owns the modules it trains and turns a batch into a weighted loss; the trainer owns the loop,
-optimizer and schedule. Only `encoder` is exported after pretraining.
+optimizer and schedule. Only `encoder` is exported after pretraining. OpenVision (`ov1`) and CapPa (`cappa`)
+live in their own modules and register themselves here when imported.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,27 @@ from mllm.registry import Registry
 logger = logging.getLogger(__name__)
 
 # Parameters that are embeddings by role even though some are 2-D matrices.
-_EMBEDDING_NAMES = {"class_embedding", "positional_embedding", "text_pos"}
+_EMBEDDING_NAMES = {"class_embedding", "positional_embedding", "text_pos", "query_tokens"}
+
+
+@dataclass
+class ObjectiveConfig:
+    """Options every objective shares: the ViT, the image size, the caption decoder and the caption loss."""
+
+    vit: str = "Pico/16"
+    image_size: int = 112
+    decoder: str = "Pico"
+    max_text_len: int = 128
+    caption_loss_weight: float = 2.0
 
 
 class PretrainObjective(nn.Module, ABC):
-    """A trainable pretraining objective around a vision encoder."""
+    """A trainable pretraining objective around a vision encoder.
+
+    Subclasses are built as `cls(config, vocab_size=..., pad_id=...)` with an instance of `config_class`.
+    """
+
+    config_class: ClassVar[type[ObjectiveConfig]]
 
     @abstractmethod
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -36,6 +54,11 @@ class PretrainObjective(nn.Module, ABC):
     @abstractmethod
     def encoder(self) -> VisionTransformer:
         """The vision encoder that is exported when pretraining ends."""
+
+    def text_length(self) -> int | None:
+        """Length of the fixed-size `web_ids` and `sentence_ids` rows the objective reads from a batch, or
+        None when its batches carry only `pixel_values` and `caption_ids`."""
+        return None
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameter names excluded from weight decay: biases, norms and embeddings.
@@ -55,19 +78,20 @@ OBJECTIVES: Registry[type[PretrainObjective]] = Registry("pretraining objective"
 
 
 @dataclass
-class OpenVision2Config:
-    vit: str = "Pico/16"
-    image_size: int = 112
-    decoder: str = "Pico"
+class OpenVision2Config(ObjectiveConfig):
     keep_ratio: float = 0.35
     mask: str = "causal"
     text_positions: bool = False
-    caption_loss_weight: float = 2.0
-    max_text_len: int = 128
 
     def __post_init__(self) -> None:
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+
+
+def caption_cross_entropy(logits: Tensor, targets: Tensor, pad_id: int) -> Tensor:
+    """Mean next-token cross-entropy over the non-pad targets: logits (B, T, V), targets (B, T)."""
+    total = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_id, reduction="sum")
+    return total / (targets != pad_id).sum().clamp_min(1)
 
 
 def keep_random_tokens(tokens: Tensor, keep_ratio: float) -> Tensor:
@@ -84,6 +108,8 @@ class OpenVision2Objective(PretrainObjective):
 
     Batch: `pixel_values` (B, 3, H, W) and `caption_ids` (B, L) laid out `[bos] w1..wn [eos] pad...`.
     """
+
+    config_class = OpenVision2Config
 
     def __init__(self, config: OpenVision2Config, vocab_size: int, pad_id: int) -> None:
         super().__init__()
@@ -115,11 +141,7 @@ class OpenVision2Objective(PretrainObjective):
         # Pads only trail the caption and text attention is causal, so no padding mask is needed for the
         # positions that count.
         logits = self.decoder(tokens, caption_ids[:, :-1])
-        valid = targets != self.pad_id
-        token_losses = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.pad_id, reduction="sum"
-        )
-        caption_loss = token_losses / valid.sum().clamp_min(1)
+        caption_loss = caption_cross_entropy(logits, targets, self.pad_id)
         return {
             "loss": caption_loss * self.config.caption_loss_weight,
             "caption_loss": caption_loss.detach(),

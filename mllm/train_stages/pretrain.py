@@ -2,8 +2,10 @@
 
 The schedule is OpenVision's: AdamW (betas 0.9/0.95) with weight decay on weight matrices only, peak
 LR = base_lr x batch / 256, linear warm-up then cosine decay to zero, the budget counted in samples seen.
-The run folder receives the exported encoder (`encoder/`, open_clip key names), the whole objective
-(`objective.safetensors`, decoder included) and `metrics.jsonl`.
+The objective is `ov2` (OpenVision 2), `ov1` (OpenVision) or `cappa` (CapPa); `model` holds the options of
+all three and only those of the chosen one may differ from their defaults. The run folder receives the
+exported encoder (`encoder/`, open_clip key names), the whole objective (`objective.safetensors`, decoder
+and any text tower included) and `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,8 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from mllm.data.images import ImageConfig
 from mllm.data.shards import CaptionShards, ShardConfig
-from mllm.encoders.objectives import OBJECTIVES, OpenVision2Config, PretrainObjective
+from mllm.encoders.objective_options import ModelOptions, objective_config
+from mllm.encoders.objectives import OBJECTIVES, PretrainObjective
 from mllm.encoders.tower import save_encoder
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,8 @@ class PretrainConfig:
     """Options of `mllm pretrain`."""
 
     out: str = "runs/pretrain"
-    objective: str = "ov2"
-    model: OpenVision2Config = field(default_factory=OpenVision2Config)
+    objective: str = "ov2"  # ov2, ov1 or cappa
+    model: ModelOptions = field(default_factory=ModelOptions)
     tokenizer: str = "runs/world/tokenizer"
     data: ShardConfig = field(default_factory=ShardConfig)
     batch_size: int = 256
@@ -63,7 +67,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def caption_tokenizer(tokenizer: Any, max_len: int):
+def caption_tokenizer(tokenizer: Any, max_len: int) -> Callable[[str], torch.Tensor]:
     """Caption -> `[bos] w1..wn [eos]` ids, truncated to `max_len` (eos kept)."""
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the caption tokenizer needs bos and eos tokens")
@@ -75,10 +79,29 @@ def caption_tokenizer(tokenizer: Any, max_len: int):
     return tokenize
 
 
+def text_row_tokenizer(tokenizer: Any, length: int) -> Callable[[str], torch.Tensor]:
+    """Text -> exactly `length` ids `[bos] w1..wn [eos] pad... [pool]` for a text encoder that pools its last
+    position; the pooling token is the tokenizer's cls token, or eos when it has none."""
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("the text-encoder tokenizer needs bos, eos and pad tokens")
+    pool = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+
+    def tokenize(text: str) -> torch.Tensor:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: length - 3]
+        row = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+        return torch.tensor(row + [tokenizer.pad_token_id] * (length - 1 - len(row)) + [pool])
+
+    return tokenize
+
+
 def pad_captions(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack a batch, padding `caption_ids` to the longest; fixed-length text rows are stacked as they are."""
     captions = torch.nn.utils.rnn.pad_sequence([b["caption_ids"] for b in batch], batch_first=True,
                                                padding_value=pad_id)
-    return {"pixel_values": torch.stack([b["pixel_values"] for b in batch]), "caption_ids": captions}
+    out = {"pixel_values": torch.stack([b["pixel_values"] for b in batch]), "caption_ids": captions}
+    for key in batch[0].keys() - out.keys():
+        out[key] = torch.stack([b[key] for b in batch])
+    return out
 
 
 def build_optimizer(objective: PretrainObjective, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
@@ -100,10 +123,15 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if not Path(cfg.tokenizer).is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {cfg.tokenizer}")
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
-    objective = OBJECTIVES.get(cfg.objective)(cfg.model, vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id)
+    model_cfg = objective_config(cfg.objective, cfg.model)
+    objective = OBJECTIVES.get(cfg.objective)(model_cfg, vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id)
     objective.to(device).train()
-    image = ImageConfig(size=cfg.model.image_size)
-    dataset = CaptionShards(cfg.data, image, caption_tokenizer(tokenizer, cfg.model.max_text_len), cfg.seed)
+    image = ImageConfig(size=model_cfg.image_size)
+    text_length = objective.text_length()
+    dataset = CaptionShards(
+        cfg.data, image, caption_tokenizer(tokenizer, model_cfg.max_text_len), cfg.seed,
+        text_tokenize=None if text_length is None else text_row_tokenizer(tokenizer, text_length),
+    )
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                         collate_fn=lambda b: pad_captions(b, tokenizer.pad_token_id))
     steps = math.ceil(cfg.samples / cfg.batch_size)
