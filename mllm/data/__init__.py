@@ -1,1 +1,2 @@
-"""Data readers and writers: webdataset shards, LLaVA conversation JSON, parquet tables, images."""
+"""Data readers and writers: caption shards (webdataset, parquet, JSONL), LLaVA conversation JSON, parquet
+tables, images."""
