@@ -147,6 +147,33 @@ def test_dual_contrastive_loss_matches_a_hand_computation() -> None:
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
+def _contrastive_on_one_rank(rank: int, init_file: str, rows: dict[str, Tensor], out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    half = {k: v.chunk(2)[rank].clone().requires_grad_(k == "image") for k, v in rows.items()}
+    loss = dual_contrastive_loss(half["image"], half["web"], half["sentence"], torch.tensor(4.0))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": half["image"].grad}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_dual_contrastive_loss_uses_every_ranks_rows_as_negatives(tmp_path: Path) -> None:
+    """Two gloo ranks holding half a batch each: the mean of their losses is the whole batch's loss, and each
+    rank's image gradient is its share of the whole batch's gradient (negatives cross ranks, as CLIP's)."""
+    torch.manual_seed(0)
+    rows = {k: torch.randn(6, 5) for k in ("image", "web", "sentence")}
+    out = str(tmp_path / "rank")
+    torch.multiprocessing.spawn(_contrastive_on_one_rank, args=(str(tmp_path / "init"), rows, out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    image = rows["image"].clone().requires_grad_(True)
+    whole = dual_contrastive_loss(image, rows["web"], rows["sentence"], torch.tensor(4.0))
+    whole.backward()
+    assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(whole.item(), rel=1e-5)
+    # The gather sends each rank the gradient of both ranks' losses; DDP's mean over the two ranks then
+    # gives the whole batch's gradient.
+    local = torch.cat([ranks[0]["grad"], ranks[1]["grad"]])
+    assert torch.allclose(local / 2, image.grad, atol=1e-6)
+
+
 def test_ov1_objective_combines_contrastive_and_caption_losses() -> None:
     objective = make("ov1").eval()
     assert isinstance(objective, OpenVision1Objective)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -51,17 +53,30 @@ class OpenVision1Config(ObjectiveConfig):
             raise ValueError(f"init_temperature must be in (0, 1], got {self.init_temperature}")
 
 
+def gather_rows(x: Tensor) -> tuple[Tensor, int]:
+    """Every rank's rows, differentiably, and where this rank's rows start among them. Outside a process
+    group (or in a group of one) the local rows alone."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    return torch.cat(dist_nn.all_gather(x)), dist.get_rank() * x.shape[0]
+
+
 def dual_contrastive_loss(image: Tensor, web: Tensor, sentence: Tensor, logit_scale: Tensor) -> Tensor:
     """Mean of the image->text and text->image InfoNCE losses against both captions.
 
-    image, web, sentence: (B, D) unnormalised embeddings, row i of each belonging to image i.
+    image, web, sentence: (B, D) unnormalised embeddings, row i of each belonging to image i. Under
+    torch.distributed the negatives are every rank's rows, as CLIP trains: each rank scores its own rows
+    against the gathered batch, so the mean over ranks equals the loss of the whole global batch.
     """
     image = F.normalize(image.float(), dim=-1)
-    labels = torch.arange(image.shape[0], device=image.device)
+    all_images, offset = gather_rows(image)
+    labels = torch.arange(image.shape[0], device=image.device) + offset
     losses = []
     for text in (web, sentence):
-        logits = logit_scale * image @ F.normalize(text.float(), dim=-1).T
-        losses += [F.cross_entropy(logits, labels), F.cross_entropy(logits.T, labels)]
+        text = F.normalize(text.float(), dim=-1)
+        all_texts, _ = gather_rows(text)
+        losses += [F.cross_entropy(logit_scale * image @ all_texts.T, labels),
+                   F.cross_entropy(logit_scale * text @ all_images.T, labels)]
     return torch.stack(losses).mean()
 
 
