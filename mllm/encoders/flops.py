@@ -72,8 +72,9 @@ class FlopsConfig:
     json: bool = field(default=False, metadata={"flag": True, "help": "print one JSON object"})
 
 
-def build_objective(cfg: FlopsConfig) -> PretrainObjective:
-    """The objective of `cfg`, on the meta device, in training mode."""
+def build_objective(cfg: FlopsConfig, device: torch.device | str = "meta") -> PretrainObjective:
+    """The objective of `cfg` in training mode, on the meta device (shapes only) unless `device` says
+    otherwise; `benchmarks/encoder_efficiency.py` builds the same configuration with real weights."""
     options: dict[str, Any] = {"vit": cfg.vit, "image_size": cfg.resolution, "decoder": cfg.decoder,
                                "max_text_len": cfg.caption_len}
     if cfg.objective == "ov2":
@@ -82,20 +83,23 @@ def build_objective(cfg: FlopsConfig) -> PretrainObjective:
         options.update(text=cfg.text, text_len=cfg.text_len)
     objective_cls = OBJECTIVES.get(cfg.objective)
     config = objective_cls.config_class(**options)
-    with torch.device("meta"):
+    with torch.device(device):
         return objective_cls(config, vocab_size=cfg.vocab_size, pad_id=0).train()
 
 
-def meta_batch(objective: PretrainObjective, cfg: FlopsConfig) -> dict[str, Tensor]:
-    """Full-length ids without padding, so every caption position counts."""
+def fake_batch(
+    objective: PretrainObjective, cfg: FlopsConfig, device: torch.device | str = "meta"
+) -> dict[str, Tensor]:
+    """`cfg.batch` random images and full-length random ids with no padding (ids start at 1, the pad id being
+    0), so every caption position counts; on the meta device unless `device` says otherwise."""
     batch = {
-        "pixel_values": torch.zeros(cfg.batch, 3, cfg.resolution, cfg.resolution, device="meta"),
-        "caption_ids": torch.ones(cfg.batch, cfg.caption_len, dtype=torch.long, device="meta"),
+        "pixel_values": torch.randn(cfg.batch, 3, cfg.resolution, cfg.resolution, device=device),
+        "caption_ids": torch.randint(1, cfg.vocab_size, (cfg.batch, cfg.caption_len), device=device),
     }
     text_length = objective.text_length()
     if text_length is not None:
         for key in ("web_ids", "sentence_ids"):
-            batch[key] = torch.ones(cfg.batch, text_length, dtype=torch.long, device="meta")
+            batch[key] = torch.randint(1, cfg.vocab_size, (cfg.batch, text_length), device=device)
     return batch
 
 
@@ -138,7 +142,7 @@ def cut_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, tuple[list[
 def count_flops(cfg: FlopsConfig) -> dict[str, Any]:
     """Training and forward GFLOPs per image of `cfg`, total and by component."""
     objective = build_objective(cfg)
-    batch = meta_batch(objective, cfg)
+    batch = fake_batch(objective, cfg)
     components = {
         name: module for name, module in objective.named_children() if next(module.parameters(), None) is not None
     }
