@@ -14,7 +14,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tokenizers import BertWordPieceTokenizer
 from torch import Tensor
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mllm.cli import main
 from mllm.data.images import ImageConfig
@@ -28,7 +30,7 @@ from mllm.encoders.openvision1 import (
     QueryCaptionDecoder,
     dual_contrastive_loss,
 )
-from mllm.train_stages.pretrain import PretrainConfig, pad_captions, text_row_tokenizer
+from mllm.train_stages.pretrain import PretrainConfig, caption_tokenizer, pad_captions, text_row_tokenizer
 
 PAD, BOS, EOS, POOL = 0, 1, 2, 3
 VOCAB, IMAGE, TEXT_LEN = 48, 32, 10
@@ -379,3 +381,21 @@ def test_flops_scale_with_keep_ratio_and_objective(capsys: pytest.CaptureFixture
     # Twice the resolution: 145 instead of 37 tokens, and attention grows with their square.
     larger = flops(capsys, "--objective", "ov2", *common[:2], "--resolution", "192", *common[4:])
     assert 145 / 37 < larger["breakdown"]["encoder"]["train"] / kept["breakdown"]["encoder"]["train"] < 5.0
+
+
+def test_a_bert_style_wordpiece_tokenizer_frames_captions_with_cls_and_sep(tmp_path: Path) -> None:
+    """The paper tokenizes with bert-base-uncased: lower-cased WordPiece, [CLS] and [SEP] instead of bos/eos."""
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(["a red star at the top left", "two objects: a blue ring"] * 20, vocab_size=200,
+                                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece._tokenizer, pad_token="[PAD]",
+                                        unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    ids = caption_tokenizer(loaded, 16)("A Red STAR")
+    assert ids[0] == loaded.cls_token_id and ids[-1] == loaded.sep_token_id
+    assert loaded.convert_ids_to_tokens(ids[1:-1].tolist()) == ["a", "red", "star"]
+    row = text_row_tokenizer(loaded, 8)("a blue ring")
+    assert row.tolist()[:5] == [loaded.cls_token_id, *loaded.convert_tokens_to_ids(["a", "blue", "ring"]),
+                                loaded.sep_token_id]
+    assert row.tolist()[5:] == [loaded.pad_token_id, loaded.pad_token_id, loaded.cls_token_id]

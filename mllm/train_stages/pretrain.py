@@ -71,14 +71,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def boundary_ids(tokenizer: Any) -> tuple[int, int]:
+    """The ids that open and close a caption: bos and eos, or [CLS] and [SEP] for a BERT-style WordPiece
+    vocabulary such as the bert-base-uncased one the OpenVision release tokenizes with."""
+    if tokenizer.bos_token_id is not None and tokenizer.eos_token_id is not None:
+        return tokenizer.bos_token_id, tokenizer.eos_token_id
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        return tokenizer.cls_token_id, tokenizer.sep_token_id
+    raise ValueError("the caption tokenizer needs bos and eos tokens (or BERT's [CLS] and [SEP])")
+
+
 def caption_tokenizer(tokenizer: Any, max_len: int) -> Callable[[str], torch.Tensor]:
     """Caption -> `[bos] w1..wn [eos]` ids, truncated to `max_len` (eos kept)."""
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError("the caption tokenizer needs bos and eos tokens")
+    bos, eos = boundary_ids(tokenizer)
 
     def tokenize(caption: str) -> torch.Tensor:
         ids = tokenizer(caption, add_special_tokens=False)["input_ids"][: max_len - 2]
-        return torch.tensor([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id])
+        return torch.tensor([bos, *ids, eos])
 
     return tokenize
 
@@ -86,13 +95,14 @@ def caption_tokenizer(tokenizer: Any, max_len: int) -> Callable[[str], torch.Ten
 def text_row_tokenizer(tokenizer: Any, length: int) -> Callable[[str], torch.Tensor]:
     """Text -> exactly `length` ids `[bos] w1..wn [eos] pad... [pool]` for a text encoder that pools its last
     position; the pooling token is the tokenizer's cls token, or eos when it has none."""
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError("the text-encoder tokenizer needs bos, eos and pad tokens")
-    pool = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+    bos, eos = boundary_ids(tokenizer)
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the text-encoder tokenizer needs a pad token")
+    pool = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else eos
 
     def tokenize(text: str) -> torch.Tensor:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: length - 3]
-        row = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+        row = [bos, *ids, eos]
         return torch.tensor(row + [tokenizer.pad_token_id] * (length - 1 - len(row)) + [pool])
 
     return tokenize
