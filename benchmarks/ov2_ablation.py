@@ -30,7 +30,7 @@ from encoder_probe import cell_features, objects, probe
 from jsonargparse import ArgumentParser
 from report import report, stamp
 
-from mllm.demo import DemoConfig, _in_world, train_and_evaluate
+from mllm.demo import DemoConfig, train_and_evaluate, vlm_recipe
 from mllm.train_stages.pretrain import pretrain
 from mllm.world.scene import COLOURS, SHAPES, SIZES
 
@@ -67,14 +67,8 @@ def run_variant(name: str, demo: Path, out: Path, threads: int) -> dict[str, Any
         pre.data.shards = str(world / "shards")
         pre_summary = pretrain(pre)
         encoder = Path(pre_summary["encoder"])
-    recipe = copy.deepcopy(cfg.train)
-    recipe.out, recipe.progress = str(out / name / "vlm"), False
-    recipe.encoder.path, recipe.encoder.random_init = str(encoder), False
-    recipe.llm.path = recipe.llm.tokenizer = str(demo / "lm" / "model")
-    for stage in recipe.stages:
-        stage.data, stage.image_folder = _in_world(world, stage.data), _in_world(world, stage.image_folder)
-    ev = copy.deepcopy(cfg.eval)
-    ev.data, ev.out = str(world / "benchmarks"), str(out / name / "eval")
+    recipe, ev = vlm_recipe(cfg, world, encoder, False, demo / "lm" / "model", out / name / "vlm")
+    recipe.progress = False
     start = time.time()
     scores, _ = train_and_evaluate(recipe, ev)
     torch.manual_seed(0)

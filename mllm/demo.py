@@ -55,6 +55,21 @@ def _in_world(world: Path, path: str) -> str:
     return path if Path(path).is_absolute() else str(world / path)
 
 
+def vlm_recipe(cfg: DemoConfig, world: Path, encoder: Path, random_init: bool, lm: Path,
+               out: Path) -> tuple[TrainConfig, EvalConfig]:
+    """The demo's VLM stages on `encoder` and `lm`, with their data in `world`, writing to `out`, and the
+    evaluation of their result on the world's benchmarks (its `model` is set once training has run)."""
+    recipe = copy.deepcopy(cfg.train)
+    recipe.out = str(out)
+    recipe.encoder.path, recipe.encoder.random_init = str(encoder), random_init
+    recipe.llm.path = recipe.llm.tokenizer = str(lm)
+    for stage in recipe.stages:
+        stage.data, stage.image_folder = _in_world(world, stage.data), _in_world(world, stage.image_folder)
+    ev = copy.deepcopy(cfg.eval)
+    ev.data, ev.out = str(world / "benchmarks"), str(out / "eval")
+    return recipe, ev
+
+
 def side_by_side(results: dict[str, dict[str, Any]]) -> str:
     names = [k for k in results["ov2"] if k != "mean"]
     lines = ["| benchmark | metric | OV2 encoder | random encoder | chance |", "|---|---|---:|---:|---:|"]
@@ -92,17 +107,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     lang.llm.tokenizer = str(world / "tokenizer")
     timed("pretrain_lm", pretrain_language, lang)
 
-    recipes = {}
-    for variant, random_init in VARIANTS.items():
-        recipe: TrainConfig = copy.deepcopy(cfg.train)
-        recipe.out = str(out / variant)
-        recipe.encoder.path, recipe.encoder.random_init = str(out / "pretrain" / "encoder"), random_init
-        recipe.llm.path = recipe.llm.tokenizer = str(out / "lm" / "model")
-        for stage in recipe.stages:
-            stage.data, stage.image_folder = _in_world(world, stage.data), _in_world(world, stage.image_folder)
-        ev = copy.deepcopy(cfg.eval)
-        ev.data, ev.out = str(world / "benchmarks"), str(out / variant / "eval")
-        recipes[variant] = (recipe, ev)
+    recipes = {variant: vlm_recipe(cfg, world, out / "pretrain" / "encoder", random_init, out / "lm" / "model",
+                                   out / variant)
+               for variant, random_init in VARIANTS.items()}
     start = time.time()
     if cfg.parallel:
         threads = max(1, torch.get_num_threads() // len(recipes))
