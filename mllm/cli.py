@@ -80,10 +80,25 @@ def _eval() -> tuple[type, Callable[[Any], Any]]:
     return EvalConfig, run
 
 
+def _chat() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.serve.chat import ChatConfig, run_chat
+
+    return ChatConfig, run_chat
+
+
 def _flops() -> tuple[type, Callable[[Any], Any]]:
     from mllm.encoders.flops import FlopsConfig, run_flops
 
     return FlopsConfig, run_flops
+
+
+def _export() -> tuple[type, Callable[[Any], Any]]:
+    from mllm.interop import ExportConfig, export
+
+    def run(cfg: ExportConfig) -> None:
+        summary(f"export: {cfg.model} -> {export(cfg)} ({cfg.format})")
+
+    return ExportConfig, run
 
 
 def _demo() -> tuple[type, Callable[[Any], Any]]:
@@ -98,8 +113,10 @@ COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable[[Any], Any]]]]]
     "pretrain-lm": ("warm up a language model on a text corpus", _pretrain_lm),
     "train": ("run a VLM recipe's stages", _train),
     "eval": ("evaluate a VLM on benchmarks", _eval),
+    "chat": ("talk to a saved VLM: one answer with --prompt, else a terminal chat", _chat),
     "flops": ("training FLOPs per image of an encoder-pretraining configuration, counted on the meta device",
               _flops),
+    "export": ("export a VLM folder to another format (hf-llava: transformers' LLaVA, no custom code)", _export),
     "demo": ("world -> encoder pretraining -> VLM stages -> eval, against a random-encoder control", _demo),
 }
 

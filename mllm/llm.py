@@ -6,10 +6,12 @@ placeholder token. New rows of the embedding matrix start at the mean of the old
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -18,6 +20,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from mllm.data.templates import apply_template
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,15 @@ class LLMConfig:
     intermediate_size: int = 704
     max_position_embeddings: int = 1024
     model_max_length: int = 512
-    attn_implementation: str = "sdpa"
+    chat_template: str | None = None  # llama3, chatml or vicuna_v1 (mllm.data.templates); None: the tokenizer's own
+    attn_implementation: str = "auto"  # "auto": flash_attention_2 when flash-attn and CUDA are there, else sdpa
+
+
+def resolve_attn_implementation(name: str) -> str:
+    """The attention kernel `name` asks for; "auto" takes FlashAttention-2 only where it can run."""
+    if name != "auto":
+        return name
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def load_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerBase:
@@ -47,13 +59,13 @@ def load_tokenizer(cfg: LLMConfig) -> PreTrainedTokenizerBase:
     if not Path(source).is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {source}")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    added = []
+    added = apply_template(tokenizer, cfg.chat_template) if cfg.chat_template else []
     if tokenizer.pad_token is None:
         added.append("<pad>")
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         added.append(IMAGE_TOKEN)
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     if added:
         log.info("added tokens %s to the tokenizer from %s", added, source)
     tokenizer.model_max_length = cfg.model_max_length
@@ -65,7 +77,8 @@ def build_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedM
     if cfg.path is not None:
         if not Path(cfg.path).is_dir():
             raise FileNotFoundError(f"LLM folder not found: {cfg.path}")
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path, attn_implementation=resolve_attn_implementation(cfg.attn_implementation))
     else:
         config = LlamaConfig(
             vocab_size=len(tokenizer),
@@ -80,7 +93,7 @@ def build_llm(cfg: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedM
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
         )
-        config._attn_implementation = cfg.attn_implementation
+        config._attn_implementation = resolve_attn_implementation(cfg.attn_implementation)
         model = LlamaForCausalLM(config)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)

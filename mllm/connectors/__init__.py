@@ -6,6 +6,8 @@ can reserve exactly as many image positions as the connector produces.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -47,6 +49,42 @@ class MLPConnector(Connector):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(features)))
+
+
+@CONNECTORS.register("pixel_shuffle2x2")
+class PixelShuffleConnector(Connector):
+    """Merges each 2x2 patch neighbourhood into one token (4x fewer image tokens), then Linear -> GELU -> Linear.
+
+    The four patches of a neighbourhood are concatenated top-left, top-right, bottom-left, bottom-right, so the
+    MLP input is 4 x vision_width. Needs a square patch grid with an even side (no class token).
+    """
+
+    def __init__(self, vision_width: int, llm_width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4 * vision_width, llm_width)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(llm_width, llm_width)
+
+    @staticmethod
+    def grid_side(num_patches: int) -> int:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches or side % 2:
+            raise ValueError(
+                f"pixel_shuffle2x2 needs a square patch grid with an even side, got {num_patches} tokens "
+                "(a class token, e.g. use_cls=True, breaks the grid)"
+            )
+        return side
+
+    def num_tokens(self, num_patches: int) -> int:
+        self.grid_side(num_patches)
+        return num_patches // 4
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, num_patches, width = features.shape
+        half = self.grid_side(num_patches) // 2
+        # (B, row pair, row in pair, col pair, col in pair, C) -> neighbourhoods in row-major grid order.
+        grouped = features.reshape(batch, half, 2, half, 2, width).permute(0, 1, 3, 2, 4, 5)
+        return self.fc2(self.act(self.fc1(grouped.reshape(batch, half * half, 4 * width))))
 
 
 def build_connector(name: str, vision_width: int, llm_width: int) -> Connector:

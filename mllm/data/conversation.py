@@ -20,6 +20,7 @@ from mllm.llm import IMAGE_TOKEN
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 FORMATS = ("chat", "plain")
+ImageTokens = int | Sequence[int]  # positions of every image, or of each image in order
 
 
 class ConversationError(ValueError):
@@ -85,7 +86,7 @@ def encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     turns: Sequence[dict[str, str]],
     fmt: str,
-    num_image_tokens: int,
+    num_image_tokens: ImageTokens,
     max_length: int,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for one LLaVA conversation, with each `<image>` expanded to its positions.
@@ -112,23 +113,50 @@ def encode_conversation(
     return out_ids, out_labels
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, fmt: str, num_image_tokens: int) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, fmt: str,
+                  num_image_tokens: ImageTokens) -> list[int]:
     """Ids of a one-turn user prompt (with `<image>`) ready for generation, image positions expanded."""
     if fmt == "plain":
         ids = bos(tokenizer) + _ids(tokenizer, IMAGE_TOKEN)
-    else:
-        ids = _ids(tokenizer, _render(tokenizer, [{"role": "user", "content": prompt}], generation_prompt=True))
+        return expand_images(ids, ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), num_image_tokens)[0]
+    return encode_dialogue_prompt(tokenizer, [{"role": "user", "content": prompt}], num_image_tokens)
+
+
+def encode_dialogue_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                           num_image_tokens: ImageTokens) -> list[int]:
+    """Ids of a conversation that ends with a user turn, ready for the assistant's reply: the earlier
+    exchanges tokenized piece by piece exactly as in training, then the new turn and the generation prompt."""
+    if not messages or messages[-1]["role"] != "user":
+        raise ConversationError("a prompt must end with a user turn")
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    ids, rendered = [], ""
+    if replies:
+        history = messages[: replies[-1] + 1]
+        ids = encode_chat(tokenizer, history)[0]
+        rendered = _render(tokenizer, history, generation_prompt=False)
+    elif tokenizer.chat_template is None:
+        raise ConversationError("the tokenizer has no chat template; save one with the tokenizer")
+    prompt = _render(tokenizer, messages, generation_prompt=True)
+    if not prompt.startswith(rendered):
+        raise ConversationError("the chat template does not render conversations prefix by prefix")
+    ids += _ids(tokenizer, prompt[len(rendered):])
     return expand_images(ids, ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), num_image_tokens)[0]
 
 
-def expand_images(ids: list[int], labels: list[int], image_id: int, n: int) -> tuple[list[int], list[int]]:
-    """Repeat each image placeholder `n` times (its labels ignored)."""
+def expand_images(ids: list[int], labels: list[int], image_id: int, n: ImageTokens) -> tuple[list[int], list[int]]:
+    """Repeat each image placeholder `n` times (its labels ignored); with one count per image (AnyRes,
+    whose count depends on the image's size) the k-th placeholder gets the k-th count."""
+    counts = [n] * ids.count(image_id) if isinstance(n, int) else list(n)
+    if len(counts) != ids.count(image_id):
+        raise ConversationError(f"{len(counts)} image token counts for {ids.count(image_id)} {IMAGE_TOKEN} markers")
     out_ids: list[int] = []
     out_labels: list[int] = []
+    images = iter(counts)
     for token, label in zip(ids, labels, strict=True):
         if token == image_id:
-            out_ids += [image_id] * n
-            out_labels += [IGNORE_INDEX] * n
+            count = next(images)
+            out_ids += [image_id] * count
+            out_labels += [IGNORE_INDEX] * count
         else:
             out_ids.append(token)
             out_labels.append(label)

@@ -4,6 +4,9 @@ Every record is checked and encoded up front. A malformed record, a wrong number
 missing image file or a conversation that cannot be encoded is an error naming the sample id in strict
 mode, and is skipped and counted otherwise (the default for training). An image that turns out to be
 unreadable during training is counted and replaced by the next readable sample, never silently misaligned.
+
+With an AnyRes layout each image's position count depends on its size, which is read from the image's
+header while encoding; its tiles are then concatenated across the batch, with the sizes alongside.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from mllm.data.anyres import AnyResLayout
 from mllm.data.conversation import IGNORE_INDEX, ConversationError, encode_conversation
 from mllm.data.images import ImageConfig, to_tensor
 from mllm.llm import IMAGE_TOKEN
@@ -71,8 +75,9 @@ class ConversationDataset(Dataset):
     """Encoded conversations with their images, ready for the collator."""
 
     def __init__(self, json_path: str | Path, image_folder: str | Path | None, tokenizer: PreTrainedTokenizerBase,
-                 image: ImageConfig, fmt: str, num_image_tokens: int, max_length: int, strict: bool = False):
-        self.image_cfg, self.strict = image, strict
+                 image: ImageConfig, fmt: str, num_image_tokens: int, max_length: int, strict: bool = False,
+                 anyres: AnyResLayout | None = None):
+        self.image_cfg, self.strict, self.anyres = image, strict, anyres
         self.skipped: Counter[str] = Counter()
         self.samples: list[Sample] = []
         path, folder = Path(json_path), None if image_folder is None else Path(image_folder)
@@ -82,8 +87,10 @@ class ConversationDataset(Dataset):
             sample_id = str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
             try:
                 image_path = check_record(record, folder)
-                ids, labels = encode_conversation(tokenizer, record["conversations"], fmt, num_image_tokens,
-                                                  max_length)
+                count = num_image_tokens
+                if anyres is not None and image_path is not None:
+                    count = _anyres_tokens(anyres, image_path)
+                ids, labels = encode_conversation(tokenizer, record["conversations"], fmt, count, max_length)
             except ConversationError as err:
                 self._skip(f"{path}: sample {sample_id}", str(err))
                 continue
@@ -92,6 +99,12 @@ class ConversationDataset(Dataset):
             raise ValueError(f"no usable samples in {path} ({dict(self.skipped)} skipped)")
         if self.skipped:
             log.warning("%s: skipped %d bad samples: %s", path, sum(self.skipped.values()), dict(self.skipped))
+
+    def _pixels(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        if self.anyres is None:
+            return {"pixel_values": to_tensor(image, self.image_cfg)}
+        return {"pixel_values": self.anyres.tiles(image, self.image_cfg),
+                "image_size": torch.tensor([image.height, image.width])}
 
     def _skip(self, where: str, reason: str) -> None:
         if self.strict:
@@ -104,28 +117,41 @@ class ConversationDataset(Dataset):
         return len(self.samples)
 
     @property
+    def has_image(self) -> list[bool]:
+        return [sample.image is not None for sample in self.samples]
+
+    @property
     def lengths(self) -> list[int]:
         return [len(sample.input_ids) for sample in self.samples]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for offset in range(len(self.samples)):
             sample = self.samples[(index + offset) % len(self.samples)]
-            pixels = None
+            pixels: dict[str, torch.Tensor | None] = {"pixel_values": None}
             if sample.image is not None:
                 try:
                     with Image.open(sample.image) as img:
-                        pixels = to_tensor(img, self.image_cfg)
+                        pixels = self._pixels(img)
                 except (OSError, UnidentifiedImageError) as err:
                     self._skip(f"sample {sample.id}", f"unreadable image {sample.image}: {err}")
                     continue
-            return {"input_ids": torch.tensor(sample.input_ids), "labels": torch.tensor(sample.labels),
-                    "pixel_values": pixels}
+            return {"input_ids": torch.tensor(sample.input_ids), "labels": torch.tensor(sample.labels), **pixels}
         raise RuntimeError("no readable sample left in the dataset")
+
+
+def _anyres_tokens(anyres: AnyResLayout, image: Path) -> int:
+    """An image's AnyRes position count from its size; opening reads only the header."""
+    try:
+        with Image.open(image) as img:
+            return anyres.num_image_tokens(img.width, img.height)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ConversationError(f"unreadable image {image}: {err}") from err
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ids and labels; stack the images of the samples that have one, in batch order
-    (no `pixel_values` key when none has, so text-only batches also suit a plain causal LM)."""
+    (no `pixel_values` key when none has, so text-only batches also suit a plain causal LM). AnyRes
+    samples' tiles are concatenated instead, with `image_sizes` (height, width) per image."""
     length = max(len(item["input_ids"]) for item in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
@@ -135,6 +161,9 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
         input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = item["input_ids"], item["labels"], 1
     images = [item["pixel_values"] for item in batch if item.get("pixel_values") is not None]
     out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    sizes = [item["image_size"] for item in batch if item.get("image_size") is not None]
     if images:
-        out["pixel_values"] = torch.stack(images)
+        out["pixel_values"] = torch.cat(images) if sizes else torch.stack(images)
+    if sizes:
+        out["image_sizes"] = torch.stack(sizes)
     return out

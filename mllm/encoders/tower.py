@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mllm.data.images import ImageConfig
+from mllm.encoders.released import is_released_folder, load_released_weights, read_released_config
 from mllm.encoders.vit import VisionTransformer, ViTConfig, load_open_clip_state_dict
 from mllm.registry import Registry
 
@@ -34,6 +35,7 @@ class EncoderConfig:
     seed: int = 0
     feature_layer: int = -2
     use_cls: bool = False
+    image_size: int | None = None  # input resolution; None: the encoder's own (OpenVision's sin-cos fit any)
 
 
 class VisionTower(nn.Module, ABC):
@@ -83,7 +85,7 @@ def save_encoder(vit: VisionTransformer, image: ImageConfig, out_dir: Path) -> N
 def read_encoder_config(folder: Path) -> tuple[ViTConfig, ImageConfig]:
     file = folder / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"encoder config not found: {file}")
+        raise FileNotFoundError(f"encoder config not found: {file} (nor a released open_clip_config.json)")
     try:
         raw = json.loads(file.read_text())
         return ViTConfig(**raw["vit"]), ImageConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -110,17 +112,23 @@ class OpenVisionTower(VisionTower):
         if cfg.path is None:
             raise ValueError("encoder.path must name an exported encoder folder")
         folder = Path(cfg.path)
-        vit_cfg, image = read_encoder_config(folder)
+        released = is_released_folder(folder)
+        vit_cfg, image = read_released_config(folder) if released else read_encoder_config(folder)
         if cfg.random_init:
             with torch.random.fork_rng():
                 torch.manual_seed(cfg.seed)
                 vit = VisionTransformer(vit_cfg)
+        elif released:
+            vit = VisionTransformer(vit_cfg)
+            load_released_weights(vit, folder)
         else:
             vit = VisionTransformer(vit_cfg)
             weights = folder / "model.safetensors"
             if not weights.is_file():
                 raise FileNotFoundError(f"encoder weights not found: {weights}")
             load_open_clip_state_dict(vit, load_file(str(weights)))
+        if cfg.image_size is not None:
+            image = replace(image, size=cfg.image_size)
         return cls(vit, image, cfg.feature_layer, cfg.use_cls)
 
     @classmethod
@@ -152,3 +160,7 @@ def build_tower(cfg: EncoderConfig) -> VisionTower:
 
 def build_tower_from_spec(spec: dict[str, Any]) -> VisionTower:
     return ENCODERS.get(spec["name"]).from_spec(spec)
+
+
+# Registers "clip" and "siglip"; imported last because those towers subclass VisionTower defined above.
+from mllm.encoders import hf_towers  # noqa: E402, F401

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mllm.data.conversation import encode_prompt
-from mllm.data.images import to_tensor
+from mllm.data.templates import end_of_turn_ids
 from mllm.eval.benchmarks import chance_level, load_rows, parse_benchmarks, row_image
 from mllm.eval.metrics import HEADLINE_METRIC, check_protocol, headline, score_benchmark
 from mllm.eval.prompts import MAX_NEW_TOKENS, build_prompt
@@ -66,18 +66,20 @@ class Answerer:
         self.model, self.tokenizer = VisionLanguageModel.from_pretrained(folder)
         self.model.to(device).eval()
         self.device = device
-        stops = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != self.tokenizer.unk_token_id)
+        self.stop_ids = end_of_turn_ids(self.tokenizer)
 
     def answer(self, images: list[Any], prompts: list[str], max_new_tokens: int) -> list[str]:
-        sequences = [encode_prompt(self.tokenizer, "<image>\n" + p, "chat", self.model.num_image_tokens)
-                     for p in prompts]
+        # AnyRes models get tiles, sizes and a per-image position count; fixed-size ones one tensor each.
+        pixels, sizes, counts = self.model.preprocess_images(images)
+        sequences = [encode_prompt(self.tokenizer, "<image>\n" + p, "chat", count)
+                     for p, count in zip(prompts, counts, strict=True)]
         length = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (length - len(s)) + s for s in sequences], device=self.device)
         attention = torch.tensor([[0] * (length - len(s)) + [1] * len(s) for s in sequences], device=self.device)
-        pixels = torch.stack([to_tensor(image, self.model.tower.image) for image in images]).to(self.device)
-        out = self.model.generate(input_ids, attention, pixels, max_new_tokens, self.stop_ids, pad)
+        sizes = None if sizes is None else sizes.to(self.device)
+        out = self.model.generate(input_ids, attention, pixels.to(self.device), max_new_tokens, self.stop_ids, pad,
+                                  image_sizes=sizes)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
 
 
