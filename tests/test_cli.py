@@ -12,11 +12,12 @@ from mllm.cli import COMMANDS, main
 
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for name in COMMANDS:
-        with pytest.raises(SystemExit) as done:
-            main([name, "--help"])
-        assert done.value.code == 0
-        assert "--config" in capsys.readouterr().out
+    for name, (_, job) in COMMANDS.items():
+        for words in [[name, action] for action in job] if isinstance(job, dict) else [[name]]:
+            with pytest.raises(SystemExit) as done:
+                main([*words, "--help"])
+            assert done.value.code == 0
+            assert "--config" in capsys.readouterr().out
 
 
 def test_world_writes_its_resolved_config_with_overrides(tmp_path: Path) -> None:
@@ -86,4 +87,4 @@ def test_train_names_malformed_stage_data(tmp_path: Path, tiny_world: Path) -> N
 
 def test_eval_names_missing_model(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not an mllm model folder"):
-        main(["eval", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
+        main(["eval", "run", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])

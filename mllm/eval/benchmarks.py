@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from mllm.data.parquet import decode_image, read_table
+from mllm.eval.answer_files import question_ids
 from mllm.eval.metrics import BENCHMARKS, check_benchmark, headline, score_benchmark
 
 LETTERS = "ABCDEFGH"
@@ -33,6 +34,15 @@ def load_rows(data_dir: Path, name: str) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"benchmark {name!r} in {data_dir} has no rows")
     return rows
+
+
+def first_rows(name: str, rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The first `limit` rows (0: all); for MME only whole image pairs, which its acc+ scores together."""
+    head = rows[:limit] if limit else rows
+    if name != "mme" or len(head) == len(rows):
+        return head
+    ids = question_ids(head)
+    return [row for row, qid in zip(head, ids, strict=True) if ids.count(qid) == 2]
 
 
 def row_image(row: Mapping[str, Any], base: Path | None = None) -> Image.Image:

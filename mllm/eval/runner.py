@@ -1,4 +1,4 @@
-"""`mllm eval`: greedy answers on benchmarks, scored as the reference evaluators score them.
+"""`mllm eval run`: greedy answers on benchmarks, scored as the reference evaluators score them.
 
 Predictions are cached per benchmark in LLaVA's answer-file JSONL (`question_id`, `prompt`, `text`,
 `model_id`), so an interrupted run resumes where it stopped. Results go to `results.json` (per benchmark:
@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from mllm.data.conversation import encode_prompt
 from mllm.data.templates import end_of_turn_ids
-from mllm.eval.benchmarks import chance_level, load_rows, parse_benchmarks, row_image
+from mllm.eval.answer_files import question_ids, read_answer_file
+from mllm.eval.benchmarks import chance_level, first_rows, load_rows, parse_benchmarks, row_image
 from mllm.eval.metrics import HEADLINE_METRIC, check_protocol, headline, score_benchmark
 from mllm.eval.prompts import MAX_NEW_TOKENS, build_prompt
 from mllm.train_stages.pretrain import pick_device
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
-    """Options of `mllm eval`."""
+    """Options of `mllm eval run`."""
 
     model: str = "runs/train/instruct/model"
     data: str = "runs/world/benchmarks"
@@ -42,33 +43,48 @@ class EvalConfig:
     device: str = "auto"
 
 
-def _question_id(row: dict[str, Any], index: int) -> str:
-    return str(row.get("question_id", index))
+def _read_cache(path: Path) -> dict[tuple[str, str], str]:
+    """Answers already written, by (question id, prompt): MME's two questions about an image share an id, and a
+    run under another protocol asks another prompt. A torn last line (a crash mid-write) is answered again."""
+    if not path.exists():
+        return {}
+    return {(record["question_id"], record.get("prompt", "")): record["text"]
+            for record in read_answer_file(path, skip_torn=True)}
 
 
-def _read_cache(path: Path) -> dict[str, str]:
-    """Answers already written; a torn last line (a crash mid-write) is ignored and rewritten."""
-    done: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                done[str(record["question_id"])] = record["text"]
-            except (json.JSONDecodeError, KeyError):
-                continue
-    return done
+def _end_torn_line(path: Path) -> None:
+    """Close a torn last line, so that the next answer starts a line of its own."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as file:
+            file.seek(-1, 2)
+            torn = file.read(1) != b"\n"
+        if torn:
+            with open(path, "a") as file:
+                file.write("\n")
 
 
 class Answerer:
     """Batched greedy generation for (image, prompt) pairs with a saved VLM."""
 
     def __init__(self, folder: Path, device: torch.device) -> None:
-        self.model, self.tokenizer = VisionLanguageModel.from_pretrained(folder)
-        self.model.to(device).eval()
-        self.device = device
-        self.stop_ids = end_of_turn_ids(self.tokenizer)
+        model, tokenizer = VisionLanguageModel.from_pretrained(folder)
+        self._bind(model.to(device).eval(), tokenizer, device)
 
-    def answer(self, images: list[Any], prompts: list[str], max_new_tokens: int) -> list[str]:
+    @classmethod
+    def in_memory(cls, model: VisionLanguageModel, tokenizer: Any, device: torch.device) -> Answerer:
+        """An answerer over a live model (evaluation during training): nothing is loaded, and the caller
+        switches the model between eval() and train()."""
+        answerer = cls.__new__(cls)
+        answerer._bind(model, tokenizer, device)
+        return answerer
+
+    def _bind(self, model: VisionLanguageModel, tokenizer: Any, device: torch.device) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.stop_ids = end_of_turn_ids(tokenizer)
+
+    @torch.no_grad()
+    def answer(self, images: list[Any], prompts: list[str], max_new_tokens: int, **options: Any) -> list[str]:
+        """One answer per (image, prompt); greedy unless `options` (do_sample, temperature, ...) say otherwise."""
         # AnyRes models get tiles, sizes and a per-image position count; fixed-size ones one tensor each.
         pixels, sizes, counts = self.model.preprocess_images(images)
         sequences = [encode_prompt(self.tokenizer, "<image>\n" + p, "chat", count)
@@ -79,19 +95,19 @@ class Answerer:
         attention = torch.tensor([[0] * (length - len(s)) + [1] * len(s) for s in sequences], device=self.device)
         sizes = None if sizes is None else sizes.to(self.device)
         out = self.model.generate(input_ids, attention, pixels.to(self.device), max_new_tokens, self.stop_ids, pad,
-                                  image_sizes=sizes)
+                                  image_sizes=sizes, **options)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
 
 
 def evaluate_benchmark(answerer: Answerer, name: str, cfg: EvalConfig, out: Path) -> dict[str, Any]:
-    rows = load_rows(Path(cfg.data), name)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
+    rows = first_rows(name, load_rows(Path(cfg.data), name), cfg.limit)
     docs = [{k: v for k, v in row.items() if k != "image"} for row in rows]
     prompts = [build_prompt(name, doc, cfg.protocol) for doc in docs]
+    keys = list(zip(question_ids(rows), prompts, strict=True))
     cache_file = out / f"{name}.jsonl"
     done = _read_cache(cache_file)
-    todo = [i for i, row in enumerate(rows) if _question_id(row, i) not in done]
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    _end_torn_line(cache_file)
     with open(cache_file, "a") as cache, tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"eval {name}",
                                                 unit="q") as bar:
         for start in range(0, len(todo), cfg.batch_size):
@@ -102,17 +118,22 @@ def evaluate_benchmark(answerer: Answerer, name: str, cfg: EvalConfig, out: Path
                 raise ValueError(f"{name}: cannot read the image of a row in {cfg.data}: {err}") from err
             texts = answerer.answer(images, [prompts[i] for i in batch], MAX_NEW_TOKENS[name])
             for i, text in zip(batch, texts, strict=True):
-                qid = _question_id(rows[i], i)
-                done[qid] = text
-                cache.write(json.dumps({"question_id": qid, "prompt": prompts[i], "text": text,
+                done[keys[i]] = text
+                cache.write(json.dumps({"question_id": keys[i][0], "prompt": prompts[i], "text": text,
                                         "model_id": cfg.model}) + "\n")
             cache.flush()
             bar.update(len(batch))
-    predictions = [done[_question_id(row, i)] for i, row in enumerate(rows)]
-    metrics = score_benchmark(name, docs, predictions, cfg.protocol)
+    predictions = [done[key] for key in keys]
+    return benchmark_result(name, docs, predictions, cfg.protocol, cfg.model)
+
+
+def benchmark_result(name: str, docs: list[dict[str, Any]], predictions: list[str], protocol: str,
+                     model: str) -> dict[str, Any]:
+    """One benchmark's entry of `results.json`."""
+    metrics = score_benchmark(name, docs, predictions, protocol)
     return {
         "metrics": metrics, "headline": headline(name, metrics), "headline_metric": HEADLINE_METRIC[name],
-        "chance": chance_level(name, docs), "protocol": cfg.protocol, "samples": len(rows), "model": cfg.model,
+        "chance": chance_level(name, docs), "protocol": protocol, "samples": len(docs), "model": model,
         "date": dt.date.today().isoformat(),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,12 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from mllm.data.conversation import encode_dialogue_prompt
-from mllm.data.images import to_tensor
+from mllm.data.conversation import ConversationError, encode_dialogue_prompt
 from mllm.data.templates import end_of_turn_ids
 from mllm.llm import IMAGE_TOKEN
+from mllm.serve.loading import load_model
 from mllm.train_stages.pretrain import pick_device
 from mllm.vlm import VisionLanguageModel
 
@@ -56,8 +57,49 @@ def load_image(path: str | Path) -> Image.Image:
         raise ValueError(f"unreadable image {path}: {err}") from err
 
 
+@dataclass
+class GenerationSettings:
+    """How one reply is generated: greedy when temperature is 0, else sampled with nucleus `top_p`."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Reply:
+    """A generated reply and what it cost, in tokens."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop": an end-of-turn token came; "length": max_new_tokens ran out first
+
+
+@dataclass
+class Prompt:
+    """Token ids of a conversation ready for the reply, with its images' pixels (and sizes, AnyRes only)."""
+
+    ids: list[int]
+    pixels: torch.Tensor | None
+    image_sizes: torch.Tensor | None
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation once `event` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class ChatSession:
-    """A multi-turn conversation about at most one image; the image goes with the first user turn."""
+    """A multi-turn conversation about at most one image; the image goes with the first user turn.
+
+    `prepare` and `generate` (or `complete`, both at once) answer any message list without touching the
+    session's own conversation, so one loaded session also serves the web demo's and the HTTP API's requests."""
 
     def __init__(self, model: VisionLanguageModel, tokenizer: Any, device: torch.device) -> None:
         self.model, self.tokenizer, self.device = model.to(device).eval(), tokenizer, device
@@ -66,9 +108,57 @@ class ChatSession:
         self.messages: list[dict[str, str]] = []
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto") -> ChatSession:
-        model, tokenizer = VisionLanguageModel.from_pretrained(Path(folder))
-        return cls(model, tokenizer, pick_device(device))
+    def load(cls, folder: str | Path, device: str = "auto", quantization: str | None = None) -> ChatSession:
+        resolved = pick_device(device)
+        model, tokenizer = load_model(Path(folder), resolved, quantization)
+        return cls(model, tokenizer, resolved)
+
+    @property
+    def context_length(self) -> int | None:
+        """The LM's position limit, where its config states one."""
+        return getattr(self.model.llm.config, "max_position_embeddings", None)
+
+    def prepare(self, messages: list[dict[str, str]], images: list[Image.Image], max_new_tokens: int) -> Prompt:
+        """The prompt for the assistant's reply to `messages`, which end with a user turn and hold one `<image>`
+        per image, in order; a ConversationError says why it cannot be answered."""
+        markers = sum(message["content"].count(IMAGE_TOKEN) for message in messages)
+        if markers != len(images):
+            raise ConversationError(f"{markers} {IMAGE_TOKEN} markers for {len(images)} images")
+        pixels = sizes = None
+        counts: int | list[int] = self.model.num_image_tokens
+        if images:
+            pixels, sizes, counts = self.model.preprocess_images(images)
+            pixels, sizes = pixels.to(self.device), None if sizes is None else sizes.to(self.device)
+        ids = encode_dialogue_prompt(self.tokenizer, messages, counts)
+        limit = self.context_length
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise ConversationError(f"the prompt's {len(ids)} tokens plus {max_new_tokens} new tokens exceed the "
+                                    f"model's context of {limit} tokens")
+        return Prompt(ids, pixels, sizes)
+
+    def generate(self, prompt: Prompt, settings: GenerationSettings, streamer: Any = None,
+                 cancel: threading.Event | None = None) -> Reply:
+        """The reply to a prepared prompt; text pieces go to `streamer` as they come, and setting `cancel`
+        ends generation early (a client that went away)."""
+        options: dict[str, Any] = ({"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+                                   if settings.temperature > 0 else {})
+        if cancel is not None:
+            options["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
+        ids = prompt.ids
+        out = self.model.generate(
+            torch.tensor([ids], device=self.device), torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+            prompt.pixels, settings.max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
+            image_sizes=prompt.image_sizes, streamer=streamer, **options,
+        )
+        generated = out[0].tolist()
+        stopped = bool(generated) and generated[-1] in self.stop_ids
+        return Reply(self.tokenizer.decode(generated, skip_special_tokens=True).strip(), len(ids), len(generated),
+                     "stop" if stopped else "length")
+
+    def complete(self, messages: list[dict[str, str]], images: list[Image.Image], settings: GenerationSettings,
+                 streamer: Any = None) -> Reply:
+        """`prepare` then `generate`."""
+        return self.generate(self.prepare(messages, images, settings.max_new_tokens), settings, streamer)
 
     def set_image(self, image: Image.Image | None) -> None:
         self.image = image
@@ -84,16 +174,8 @@ class ChatSession:
             raise ValueError(f"the question may not contain {IMAGE_TOKEN}; attach images with /image")
         content = f"{IMAGE_TOKEN}\n{text}" if self.image is not None and not self.messages else text
         messages = [*self.messages, {"role": "user", "content": content}]
-        ids = encode_dialogue_prompt(self.tokenizer, messages, self.model.num_image_tokens)
-        pixels = None
-        if self.image is not None:
-            pixels = to_tensor(self.image, self.model.tower.image).unsqueeze(0).to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
-        out = self.model.generate(
-            torch.tensor([ids], device=self.device), torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-            pixels, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id, streamer=streamer, **sampling,
-        )
-        reply = self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        images = [self.image] if self.image is not None else []
+        reply = self.complete(messages, images, GenerationSettings(max_new_tokens, temperature, top_p), streamer).text
         self.messages = [*messages, {"role": "assistant", "content": reply}]
         return reply
 

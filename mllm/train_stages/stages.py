@@ -62,6 +62,13 @@ class StageConfig:
     # adapter mode saves merged weights, so the next stage and exporters see a plain model.
     llm_mode: str = "full"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # Every eval_every optimizer steps the live model answers the first eval_limit rows of eval_benchmarks
+    # ("all" or "pope,gqa") from eval_data (a folder like `mllm eval run --data`, relative to data_root) and
+    # the headlines land in the log history as eval_<benchmark> (mllm/eval/during_training.py). 0: never.
+    eval_every: int = 0
+    eval_benchmarks: str = "all"
+    eval_data: str = "runs/world/benchmarks"
+    eval_limit: int = 16
 
     def __post_init__(self) -> None:
         unknown = [m for m in [*self.train, *self.lr_overrides] if m not in MODULES]
@@ -76,6 +83,12 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: grid_pinpoints need image_aspect 'anyres'")
         if self.llm_mode not in LLM_MODES:
             raise ValueError(f"stage {self.name!r}: unknown llm_mode {self.llm_mode!r}; choose one of {LLM_MODES}")
+        if self.eval_every < 0 or self.eval_limit < 1:
+            raise ValueError(f"stage {self.name!r}: eval_every must be >= 0 and eval_limit >= 1")
+        if self.eval_every:
+            from mllm.eval.benchmarks import parse_benchmarks
+
+            parse_benchmarks(self.eval_benchmarks)
         if self.llm_mode != "full" and "llm" not in self.train:
             raise ValueError(f"stage {self.name!r}: llm_mode {self.llm_mode!r} adapts the LLM, so 'llm' must be "
                              "in train")

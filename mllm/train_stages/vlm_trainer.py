@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.data.sampling import GroupedByLength, GroupedByModality
 from mllm.encoders.tower import build_tower
+from mllm.eval.during_training import EvalDuringTraining
 from mllm.llm import build_llm, load_tokenizer
 from mllm.logging_utils import is_main_process
 from mllm.train_stages import lora
@@ -246,6 +247,10 @@ def run_stage(cfg: TrainConfig, stage: StageConfig, init: Path | None,
                            data_collator=partial(collate, pad_id=tokenizer.pad_token_id),
                            callbacks=[CompleteMarkerCallback()])
     trainer.callback_handler.callbacks.insert(0, throughput)  # ahead of the reporters, which log what it adds
+    if stage.eval_every:
+        evaluation = EvalDuringTraining(stage.eval_every, in_data_root(cfg, stage.eval_data), stage.eval_benchmarks,
+                                        stage.eval_limit, tokenizer, batch_size=stage.batch_size)
+        trainer.callback_handler.callbacks.insert(0, evaluation)  # also ahead of the reporters
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.time() - start
