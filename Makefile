@@ -31,4 +31,4 @@ test-lmms-eval: $(STAMP)
 	$(LMMS)/bin/python -c "import site, sysconfig; open(site.getsitepackages()[0] + '/zz_mllm_base.pth', 'w').write(sysconfig.get_path('purelib', vars={'base': '$(abspath $(VENV))', 'platbase': '$(abspath $(VENV))'}) + '\n')"
 	$(LMMS)/bin/pip install -q --no-deps lmms-eval==0.7.3
 	$(LMMS)/bin/pip install -q loguru sacrebleu evaluate tenacity pytablewriter "filelock<4"
-	$(LMMS)/bin/python -m pytest -q tests/test_lmms_plugin.py
+	$(LMMS)/bin/python -m pytest -q tests/test_lmms_plugin.py tests/test_lmms_agreement.py

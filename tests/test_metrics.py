@@ -362,7 +362,7 @@ def test_seed_rejects_unknown_data_type() -> None:
         ("I think so. The answer is B.", False, True),  # searched anywhere
         ("The answer is A.", False, False),
         ("the answer is b", False, False),  # LLaVA's pattern is case-sensitive
-        (" B. whale", False, True),  # default checks the raw output's first char; llava strips first
+        (" B. whale", True, True),  # both strip first, as lmms-eval's sqa_process_results does
     ],
 )
 def test_sqa_is_correct(prediction: str, default: bool, llava: bool) -> None:

@@ -127,14 +127,14 @@ def score_seed(docs: Sequence[Mapping[str, Any]], predictions: Sequence[str]) ->
 def sqa_is_correct(prediction: str, target: str, protocol: str) -> bool:
     """ScienceQA: is the output the target letter?
 
-    "default" (lmms-eval): the stripped output equals the letter ignoring case, or the raw output starts
-    with an upper-case letter and a period ("B. whale"), judged by that letter. "(B)", "The answer is B"
-    and the option text are wrong. "llava" first strips the output (LLaVA's generation script does) and
-    additionally accepts "The answer is X" / "The answer is X." anywhere, as eval_science_qa.py does.
+    Both protocols strip the output first (lmms-eval's sqa_process_results does, as does LLaVA's generation
+    script). "default" (lmms-eval): the output equals the letter ignoring case, or starts with an upper-case
+    letter and a period ("B. whale"), judged by that letter. "(B)", "The answer is B" and the option text
+    are wrong. "llava" additionally accepts "The answer is X" / "The answer is X." anywhere, as
+    eval_science_qa.py does.
     """
-    if protocol == "llava":
-        prediction = prediction.strip()
-    if prediction.strip().lower() == target.lower():
+    prediction = prediction.strip()
+    if prediction.lower() == target.lower():
         return True
     if len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == ".":
         return prediction[0].lower() == target.lower()
