@@ -33,7 +33,7 @@ from mllm.connectors import Connector, build_connector
 from mllm.data.anyres import AnyResLayout
 from mllm.data.images import to_tensor
 from mllm.encoders.tower import VisionTower, build_tower_from_spec
-from mllm.llm import IMAGE_TOKEN
+from mllm.llm import IMAGE_TOKEN, resolve_attn_implementation
 
 CONFIG_FILE = "mllm_config.json"
 NEWLINE = "image_newline"
@@ -194,7 +194,8 @@ class VisionLanguageModel(nn.Module):
         tower = build_tower_from_spec(config["tower"])
         tower.load_state_dict(load_file(str(folder / "vision.safetensors")))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        llm = AutoModelForCausalLM.from_pretrained(folder / "llm")
+        llm = AutoModelForCausalLM.from_pretrained(folder / "llm", use_safetensors=True,
+                                                   attn_implementation=resolve_attn_implementation("auto"))
         model = cls.assemble(tower, config["connector"], llm, tokenizer)
         if config.get("anyres"):
             model.enable_anyres(config["anyres"]["grid_pinpoints"])
