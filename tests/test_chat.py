@@ -3,6 +3,7 @@ the REPL's commands, and errors that name the image."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,28 +12,14 @@ from PIL import Image
 
 from mllm.cli import main
 from mllm.data.conversation import ConversationError, encode_chat, encode_dialogue_prompt, expand_images
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
 from mllm.eval.runner import Answerer
-from mllm.llm import IMAGE_TOKEN, LLMConfig, build_llm, load_tokenizer
+from mllm.llm import IMAGE_TOKEN
 from mllm.serve.chat import ChatConfig, ChatSession, load_image, repl
-from mllm.vlm import VisionLanguageModel
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("chatmodel")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32),
-                 root / "encoder")
-    cfg = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=64, num_layers=1, num_heads=2,
-                    num_kv_heads=2, intermediate_size=128)
-    tokenizer = load_tokenizer(cfg)
-    model = VisionLanguageModel.assemble(build_tower(EncoderConfig(path=str(root / "encoder"))), "mlp2x_gelu",
-                                         build_llm(cfg, tokenizer), tokenizer)
-    model.save_pretrained(root / "model", tokenizer)
-    return root / "model"
+def model_dir(make_tiny_vlm: Callable[..., Path]) -> Path:
+    return make_tiny_vlm("chatmodel")
 
 
 @pytest.fixture(scope="module")

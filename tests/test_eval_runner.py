@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
 from mllm.eval import runner
 from mllm.eval.benchmarks import chance_level, load_rows, parse_benchmarks
 from mllm.eval.metrics import BENCHMARKS
 from mllm.eval.runner import EvalConfig, evaluate
-from mllm.llm import LLMConfig, build_llm, load_tokenizer
-from mllm.vlm import VisionLanguageModel
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("evalmodel")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=112)), ImageConfig(size=112),
-                 root / "encoder")
-    cfg = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=64, num_layers=1, num_heads=2,
-                    num_kv_heads=2, intermediate_size=128)
-    tokenizer = load_tokenizer(cfg)
-    model = VisionLanguageModel.assemble(build_tower(EncoderConfig(path=str(root / "encoder"))), "mlp2x_gelu",
-                                         build_llm(cfg, tokenizer), tokenizer)
-    model.save_pretrained(root / "model", tokenizer)
-    return root / "model"
+def model_dir(make_tiny_vlm: Callable[..., Path]) -> Path:
+    return make_tiny_vlm("evalmodel", image_size=112)
 
 
 def _config(model_dir: Path, world: Path, out: Path, **kw: object) -> EvalConfig:

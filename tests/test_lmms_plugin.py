@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
 from mllm.eval import lmms_plugin
 from mllm.eval.benchmarks import load_rows, row_image
 from mllm.eval.lmms_plugin import ChatAnswering, cut_at_stops, read_request
 from mllm.eval.metrics import score_benchmark
 from mllm.eval.prompts import build_prompt
 from mllm.eval.runner import Answerer
-from mllm.llm import LLMConfig, build_llm, load_tokenizer
-from mllm.vlm import VisionLanguageModel
 
 REPO = Path(__file__).resolve().parents[1]
 LMMS_EVAL_MISSING = ("lmms-eval is not installed here (it needs torchvision, kept out of the default install); "
@@ -105,18 +101,8 @@ def test_bad_requests_are_refused_with_their_place() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("pluginmodel")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32),
-                 root / "encoder")
-    cfg = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=64, num_layers=1, num_heads=2,
-                    num_kv_heads=2, intermediate_size=128)
-    tokenizer = load_tokenizer(cfg)
-    model = VisionLanguageModel.assemble(build_tower(EncoderConfig(path=str(root / "encoder"))), "mlp2x_gelu",
-                                         build_llm(cfg, tokenizer), tokenizer)
-    model.save_pretrained(root / "model", tokenizer)
-    return root / "model"
+def model_dir(make_tiny_vlm: Callable[..., Path]) -> Path:
+    return make_tiny_vlm("pluginmodel")
 
 
 def test_plugin_answers_as_the_evaluator_does(model_dir: Path, tiny_world: Path) -> None:

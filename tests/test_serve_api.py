@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,38 +23,18 @@ import httpx
 import pytest
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mllm.cli import main
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
-from mllm.llm import LLMConfig, load_tokenizer
 from mllm.serve.chat import ChatSession, GenerationSettings
 from mllm.serve.loading import load_model
 from mllm.serve.server import BackgroundServer, ServeConfig, create_app
-from mllm.vlm import VisionLanguageModel
 
 QUESTION = "What colour is the star?"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny VLM whose untied, widely initialised LM writes varied text (a tied one repeats its last token)."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("servemodel")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32),
-                 root / "encoder")
-    tokenizer = load_tokenizer(LLMConfig(tokenizer=str(tiny_world / "tokenizer")))
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        initializer_range=0.2))
-    model = VisionLanguageModel.assemble(build_tower(EncoderConfig(path=str(root / "encoder"))), "mlp2x_gelu", llm,
-                                         tokenizer)
-    model.save_pretrained(root / "model", tokenizer)
-    return root / "model"
+def model_dir(make_tiny_vlm: Callable[..., Path]) -> Path:
+    return make_tiny_vlm("servemodel", varied_text=True)
 
 
 @pytest.fixture(scope="module")

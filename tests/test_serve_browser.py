@@ -11,23 +11,17 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
-from mllm.llm import IMAGE_TOKEN, LLMConfig, load_tokenizer
+from mllm.llm import IMAGE_TOKEN
 from mllm.serve.chat import ChatSession, GenerationSettings, load_image
 from mllm.serve.pool import GenerationPool
 from mllm.serve.server import BackgroundServer, ServeConfig, create_app
 from mllm.serve.web import DemoHandlers
-from mllm.vlm import VisionLanguageModel
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -66,22 +60,8 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny VLM with an untied, widely initialised LM, so that its replies are varied text."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("browsermodel")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32),
-                 root / "encoder")
-    tokenizer = load_tokenizer(LLMConfig(tokenizer=str(tiny_world / "tokenizer")))
-    llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        initializer_range=0.2))
-    model = VisionLanguageModel.assemble(build_tower(EncoderConfig(path=str(root / "encoder"))), "mlp2x_gelu", llm,
-                                         tokenizer)
-    model.save_pretrained(root / "model", tokenizer)
-    return root / "model"
+def model_dir(make_tiny_vlm: Callable[..., Path]) -> Path:
+    return make_tiny_vlm("browsermodel", varied_text=True)
 
 
 @pytest.fixture(scope="module")
