@@ -15,9 +15,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import (
+    AutoProcessor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from mllm.data.conversation import encode_prompt
 from mllm.interop import ExportError
@@ -53,23 +61,32 @@ def build_llava(model: VisionLanguageModel) -> tuple[LlavaForConditionalGenerati
                           "image per <image>: that needs an hf-llava-next export")
     vision = vision_to_hf(model.tower)
     projector = projector_state(model.connector_name, model.connector)
+    return assemble_hf(LlavaForConditionalGeneration, llava_config(model, vision), model, vision, projector), vision
+
+
+def assemble_hf(cls: type[PreTrainedModel], config: PretrainedConfig, model: VisionLanguageModel, vision: HFVision,
+                projector: dict[str, torch.Tensor], extra: dict[str, torch.nn.Parameter] | None = None) -> Any:
+    """`cls(config)` with its vision tower, language model, projector and `extra` parameters replaced by
+    `model`'s own (shared, not copied), checked to hold exactly the names and shapes transformers builds."""
     with torch.device("meta"):
-        llava = LlavaForConditionalGeneration(llava_config(model, vision))
-    expected = {name: tuple(t.shape) for name, t in llava.state_dict().items()}
-    if type(vision.model) is not type(llava.model.vision_tower):
-        raise ExportError(f"LLaVA builds {type(llava.model.vision_tower).__name__} from the vision config, "
+        hf = cls(config)
+    expected = {name: tuple(t.shape) for name, t in hf.state_dict().items()}
+    if type(vision.model) is not type(hf.model.vision_tower):
+        raise ExportError(f"{cls.__name__} builds {type(hf.model.vision_tower).__name__} from the vision config, "
                           f"not {type(vision.model).__name__}")
-    llava.model.vision_tower = vision.model
-    attach_text(llava, model.llm)
-    llava.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
-    actual = {name: tuple(t.shape) for name, t in llava.state_dict().items()}
+    hf.model.vision_tower = vision.model
+    attach_text(hf, model.llm)
+    hf.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
+    for name, parameter in (extra or {}).items():
+        setattr(hf.model, name, parameter)
+    actual = {name: tuple(t.shape) for name, t in hf.state_dict().items()}
     if actual != expected:
         differences = sorted(f"{k}: {actual.get(k)} vs {expected.get(k)}" for k in set(actual) | set(expected)
                              if actual.get(k) != expected.get(k))
-        raise ExportError("the assembled LLaVA differs from what transformers builds (ours vs theirs): "
+        raise ExportError(f"the assembled {cls.__name__} differs from what transformers builds (ours vs theirs): "
                           + "; ".join(differences[:10]))
-    llava.generation_config = model.llm.generation_config
-    return llava.eval(), vision
+    hf.generation_config = model.llm.generation_config
+    return hf.eval()
 
 
 @torch.no_grad()

@@ -30,8 +30,8 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from mllm.connectors import Connector, build_connector
 from mllm.data.conversation import encode_prompt
 from mllm.interop import ExportError
-from mllm.interop.hf_llava import HALF_PRECISION_TOLERANCE, PARITY_TOLERANCE
-from mllm.interop.hf_text import attach_text, projector_state
+from mllm.interop.hf_llava import HALF_PRECISION_TOLERANCE, PARITY_TOLERANCE, assemble_hf
+from mllm.interop.hf_text import projector_state
 from mllm.interop.hf_vision import HFVision, vision_to_hf
 from mllm.llm import IMAGE_TOKEN
 from mllm.vlm import NEWLINE, VisionLanguageModel
@@ -69,24 +69,9 @@ def build_llava_next(model: VisionLanguageModel) -> tuple[LlavaNextForConditiona
         raise ExportError("the model is not AnyRes (no grid pinpoints, no image_newline); export it as hf-llava")
     vision = vision_to_hf(model.tower)
     projector = projector_state(model.connector_name, projector_connector(model))
-    with torch.device("meta"):
-        next_model = LlavaNextForConditionalGeneration(llava_next_config(model, vision))
-    expected = {name: tuple(t.shape) for name, t in next_model.state_dict().items()}
-    if type(vision.model) is not type(next_model.model.vision_tower):
-        raise ExportError(f"LLaVA-NeXT builds {type(next_model.model.vision_tower).__name__} from the vision "
-                          f"config, not {type(vision.model).__name__}")
-    next_model.model.vision_tower = vision.model
-    attach_text(next_model, model.llm)
-    next_model.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
-    next_model.model.image_newline = model.connector.get_parameter(NEWLINE)
-    actual = {name: tuple(t.shape) for name, t in next_model.state_dict().items()}
-    if actual != expected:
-        differences = sorted(f"{k}: {actual.get(k)} vs {expected.get(k)}" for k in set(actual) | set(expected)
-                             if actual.get(k) != expected.get(k))
-        raise ExportError("the assembled LLaVA-NeXT differs from what transformers builds (ours vs theirs): "
-                          + "; ".join(differences[:10]))
-    next_model.generation_config = model.llm.generation_config
-    return next_model.eval(), vision
+    newline = {"image_newline": model.connector.get_parameter(NEWLINE)}
+    return assemble_hf(LlavaNextForConditionalGeneration, llava_next_config(model, vision), model, vision, projector,
+                       newline), vision
 
 
 def build_next_processor(tokenizer: PreTrainedTokenizerBase, model: VisionLanguageModel,
