@@ -51,10 +51,6 @@ class DemoConfig:
     parallel: bool = True  # train and evaluate the two VLMs in two processes at once
 
 
-def _in_world(world: Path, path: str) -> str:
-    return path if Path(path).is_absolute() else str(world / path)
-
-
 def vlm_recipe(cfg: DemoConfig, world: Path, encoder: Path, random_init: bool, lm: Path,
                out: Path) -> tuple[TrainConfig, EvalConfig]:
     """The demo's VLM stages on `encoder` and `lm`, with their data in `world`, writing to `out`, and the
@@ -63,8 +59,7 @@ def vlm_recipe(cfg: DemoConfig, world: Path, encoder: Path, random_init: bool, l
     recipe.out = str(out)
     recipe.encoder.path, recipe.encoder.random_init = str(encoder), random_init
     recipe.llm.path = recipe.llm.tokenizer = str(lm)
-    for stage in recipe.stages:
-        stage.data, stage.image_folder = _in_world(world, stage.data), _in_world(world, stage.image_folder)
+    recipe.data_root = str(world)
     ev = copy.deepcopy(cfg.eval)
     ev.data, ev.out = str(world / "benchmarks"), str(out / "eval")
     return recipe, ev

@@ -25,6 +25,20 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def save_pico_encoder(out: Path, image_size: int = 32) -> Path:
+    """An exported Pico/16 encoder (seeded) at `out`, as `mllm pretrain` writes one."""
+    torch.manual_seed(0)
+    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=image_size)),
+                 ImageConfig(size=image_size), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported Pico/16 encoder at 32 px (2x2 patches), built once per session."""
+    return save_pico_encoder(tmp_path_factory.mktemp("encoder"))
+
+
 @pytest.fixture(scope="session")
 def make_tiny_vlm(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`make_tiny_vlm(name, image_size=32, varied_text=False)`: the model folder of an untrained VLM (a Pico
@@ -32,10 +46,8 @@ def make_tiny_vlm(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) ->
     and widely initialised, so its replies are varied text (a tied one repeats its last token)."""
 
     def make(name: str, image_size: int = 32, varied_text: bool = False) -> Path:
-        torch.manual_seed(0)
         root = tmp_path_factory.mktemp(name)
-        save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=image_size)),
-                     ImageConfig(size=image_size), root / "encoder")
+        save_pico_encoder(root / "encoder", image_size)
         cfg = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=64, num_layers=1, num_heads=2,
                         num_kv_heads=2, intermediate_size=128)
         tokenizer = load_tokenizer(cfg)

@@ -17,9 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, TrainingArguments
 
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
+from mllm.encoders.tower import EncoderConfig
 from mllm.llm import LLMConfig, resolve_attn_implementation
 from mllm.train_stages import lora
 from mllm.train_stages.stages import LoraSettings, StageConfig, TrainConfig
@@ -36,13 +34,6 @@ from mllm.vlm import VisionLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("encoder")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32), out)
-    return out
 
 
 def recipe(world: Path, encoder: Path, out: Path, stages: list[StageConfig], **options: Any) -> TrainConfig:

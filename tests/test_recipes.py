@@ -12,9 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from mllm.cli import _to_dataclass, build_parser
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
 from mllm.eval.runner import EvalConfig, evaluate
 from mllm.train_stages.stages import TrainConfig
 from mllm.train_stages.vlm_trainer import train
@@ -34,10 +31,10 @@ def load_recipe(name: str, *overrides: str) -> TrainConfig:
     return _to_dataclass(TrainConfig, loaded["train"][2].instantiate(raw))
 
 
-def tiny(recipe: TrainConfig, world: Path, encoder: Path, out: Path) -> TrainConfig:
+def tiny(recipe: TrainConfig, world: Path, encoder_dir: Path, out: Path) -> TrainConfig:
     """The recipe's stages (what trains, formats, image handling, LR ratios) at toy scale on the world."""
     recipe = copy.deepcopy(recipe)
-    recipe.out, recipe.data_root, recipe.encoder.path = str(out), str(world), str(encoder)
+    recipe.out, recipe.data_root, recipe.encoder.path = str(out), str(world), str(encoder_dir)
     recipe.llm.tokenizer = str(world / "tokenizer")
     recipe.llm.hidden_size, recipe.llm.num_layers, recipe.llm.intermediate_size = 64, 1, 128
     recipe.llm.num_heads = recipe.llm.num_kv_heads = 2
@@ -49,13 +46,6 @@ def tiny(recipe: TrainConfig, world: Path, encoder: Path, out: Path) -> TrainCon
         stage.lr_overrides = {k: 1e-3 * v / recipe.stages[-1].lr for k, v in stage.lr_overrides.items()}
     return recipe
 
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("recipe_encoder")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32), out)
-    return out
 
 
 def _weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -70,8 +60,8 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
-def test_recipe_runs_end_to_end_on_the_world(name: str, tiny_world: Path, encoder: Path, tmp_path: Path) -> None:
-    recipe = tiny(load_recipe(name), tiny_world, encoder, tmp_path / "run")
+def test_recipe_runs_end_to_end_on_the_world(name: str, tiny_world: Path, encoder_dir: Path, tmp_path: Path) -> None:
+    recipe = tiny(load_recipe(name), tiny_world, encoder_dir, tmp_path / "run")
     if name == "openvision_smollm":
         recipe.encoder.image_size = 64  # the recipe's resolution parameter, away from the encoder's own 32
     summary = train(recipe)
@@ -114,23 +104,23 @@ def test_recipes_state_the_papers_settings(name: str) -> None:
         assert load_recipe(name, "--encoder.image_size", "768").encoder.image_size == 768
 
 
-def test_modality_grouped_stage_trains_on_mixed_image_and_text_only_data(tiny_world: Path, encoder: Path,
+def test_modality_grouped_stage_trains_on_mixed_image_and_text_only_data(tiny_world: Path, encoder_dir: Path,
                                                                          tmp_path: Path) -> None:
     records = json.loads((tiny_world / "stage_data" / "instruct.json").read_text())[:16]
     text_only = [{"id": f"text-{r['id']}", "conversations": [
         {**turn, "value": turn["value"].replace("<image>\n", "")} for turn in r["conversations"]]} for r in records[:8]]
     (tmp_path / "mixed.json").write_text(json.dumps(records[8:] + text_only))
-    recipe = tiny(load_recipe("llava15"), tiny_world, encoder, tmp_path / "run")
+    recipe = tiny(load_recipe("llava15"), tiny_world, encoder_dir, tmp_path / "run")
     recipe.stages[1].data = str(tmp_path / "mixed.json")  # absolute: data_root does not apply
     summary = train(recipe)
     assert summary["stages"][1]["samples"] == 16 and summary["stages"][1]["skipped"] == 0
 
 
-def test_a_text_only_batch_still_reaches_the_trained_image_side(tiny_world: Path, encoder: Path,
+def test_a_text_only_batch_still_reaches_the_trained_image_side(tiny_world: Path, encoder_dir: Path,
                                                                 tmp_path: Path) -> None:
     from mllm.train_stages.vlm_trainer import assemble, set_trainable
 
-    model, tokenizer = assemble(tiny(load_recipe("llava15"), tiny_world, encoder, tmp_path))
+    model, tokenizer = assemble(tiny(load_recipe("llava15"), tiny_world, encoder_dir, tmp_path))
     set_trainable(model, ["tower", "connector"])
     ids = torch.tensor([tokenizer("a red circle", add_special_tokens=False)["input_ids"]])
     model.llm.requires_grad_(True)

@@ -10,9 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
+from mllm.encoders.tower import EncoderConfig
 from mllm.llm import LLMConfig
 from mllm.train_stages.callbacks import COMPLETE_MARKER
 from mllm.train_stages.stages import StageConfig, TrainConfig
@@ -24,13 +22,6 @@ STEPS = 6
 class SimulatedCrash(RuntimeError):
     pass
 
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("encoder")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32), out)
-    return out
 
 
 def recipe(world: Path, encoder: Path, out: Path, resume: str | None = None) -> TrainConfig:

@@ -10,21 +10,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mllm.connectors import CONNECTORS, Connector, build_connector
-from mllm.data.images import ImageConfig
-from mllm.encoders.tower import EncoderConfig, OpenVisionTower, build_tower, save_encoder
-from mllm.encoders.vit import VisionTransformer, ViTConfig
+from mllm.encoders.tower import EncoderConfig, OpenVisionTower, build_tower
 from mllm.llm import IMAGE_TOKEN, LLMConfig, build_llm, load_tokenizer
 from mllm.registry import Registry
 from mllm.train_stages.vlm_trainer import set_trainable
 from mllm.vlm import VisionLanguageModel
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("encoder")
-    save_encoder(VisionTransformer(ViTConfig("Pico", patch_size=16, image_size=32)), ImageConfig(size=32), out)
-    return out
 
 
 @pytest.fixture(scope="module")

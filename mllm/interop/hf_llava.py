@@ -110,21 +110,30 @@ def logits_gap(model: VisionLanguageModel, llava: LlavaForConditionalGeneration,
     return float((ours - theirs).abs().max() / ours.abs().max().clamp(min=1.0))
 
 
-def export_hf_llava(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Write `out` so that `LlavaForConditionalGeneration` / `AutoProcessor.from_pretrained(out)` reproduce
-    `model`; raises ExportError (before writing anything) when they cannot."""
+def export_folder(out: Path) -> Path:
+    """`out`, refused when it holds an mllm model (an export must never overwrite its source)."""
     out = Path(out)
     if (out / CONFIG_FILE).is_file():
         raise ExportError(f"{out} holds an mllm model ({CONFIG_FILE}); export to another folder")
-    llava, vision = build_llava(model)
-    dtype = model.llm.get_input_embeddings().weight.dtype
-    tolerance = PARITY_TOLERANCE.get(dtype, HALF_PRECISION_TOLERANCE)
-    gap = logits_gap(model, llava, tokenizer)
+    return out
+
+
+def require_parity(model: VisionLanguageModel, gap: float, name: str) -> None:
+    """Refuse an export whose logits differ from ours by more than the dtype's tolerance."""
+    tolerance = PARITY_TOLERANCE.get(model.llm.get_input_embeddings().weight.dtype, HALF_PRECISION_TOLERANCE)
     if not gap <= tolerance:
-        raise ExportError(f"the LLaVA model's logits differ from ours by {gap:.2e} (relative) > {tolerance:.0e}; "
-                          "some part computes differently in LLaVA, e.g. an LLM that scales or soft-caps its logits "
-                          "beyond lm_head")
-    log.info("HF LLaVA logits match ours to %.1e (relative)", gap)
+        raise ExportError(f"the {name} model's logits differ from ours by {gap:.2e} (relative) > {tolerance:.0e}; "
+                          f"some part computes differently in {name}, e.g. an LLM that scales or soft-caps its "
+                          "logits beyond lm_head")
+    log.info("HF %s logits match ours to %.1e (relative)", name, gap)
+
+
+def export_hf_llava(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Write `out` so that `LlavaForConditionalGeneration` / `AutoProcessor.from_pretrained(out)` reproduce
+    `model`; raises ExportError (before writing anything) when they cannot."""
+    out = export_folder(out)
+    llava, vision = build_llava(model)
+    require_parity(model, logits_gap(model, llava, tokenizer), "LLaVA")
     out.mkdir(parents=True, exist_ok=True)
     llava.save_pretrained(out)
     build_processor(tokenizer, model.tower.image, vision).save_pretrained(out)

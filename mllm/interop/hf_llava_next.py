@@ -30,7 +30,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from mllm.connectors import Connector, build_connector
 from mllm.data.conversation import encode_prompt
 from mllm.interop import ExportError
-from mllm.interop.hf_llava import HALF_PRECISION_TOLERANCE, PARITY_TOLERANCE, assemble_hf
+from mllm.interop.hf_llava import assemble_hf, export_folder, require_parity
 from mllm.interop.hf_text import projector_state
 from mllm.interop.hf_vision import HFVision, vision_to_hf
 from mllm.llm import IMAGE_TOKEN
@@ -122,15 +122,9 @@ def logits_gap(model: VisionLanguageModel, next_model: LlavaNextForConditionalGe
 def export_hf_llava_next(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """Write `out` so that `LlavaNextForConditionalGeneration` / `AutoProcessor.from_pretrained(out)` reproduce
     `model`; raises ExportError (before writing anything) when they cannot."""
+    out = export_folder(out)
     next_model, vision = build_llava_next(model)
-    dtype = model.llm.get_input_embeddings().weight.dtype
-    tolerance = PARITY_TOLERANCE.get(dtype, HALF_PRECISION_TOLERANCE)
-    gap = logits_gap(model, next_model, tokenizer)
-    if not gap <= tolerance:
-        raise ExportError(f"the LLaVA-NeXT model's logits differ from ours by {gap:.2e} (relative) > "
-                          f"{tolerance:.0e}")
-    log.info("HF LLaVA-NeXT logits match ours to %.1e (relative)", gap)
-    out = Path(out)
+    require_parity(model, logits_gap(model, next_model, tokenizer), "LLaVA-NeXT")
     out.mkdir(parents=True, exist_ok=True)
     next_model.save_pretrained(out)
     build_next_processor(tokenizer, model, vision).save_pretrained(out)
