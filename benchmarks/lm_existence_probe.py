@@ -1,17 +1,24 @@
-"""How many steps does a from-scratch LM of the demo's size need to answer "Is there a X?" from a caption?
+"""How many steps does a from-scratch LM of the demo's size need to answer "Is there a X?" from its context?
 
 POPE and MME need the LM to match a word of the question against its context; the demo's warmed-up LM does
-not (lm_reading_probe.py). This trains a fresh Llama of the demo's size on that one skill alone: balanced
-"caption + Is there a <shape> in the image?" prompts built from the world's captions, loss on the yes/no
-token only, and reports held-out accuracy (on captions never trained on) every `--eval_every` steps. An
-optional warm-up comes first:
+not (lm_reading_probe.py). This trains a fresh Llama of the demo's size on that one skill: balanced
+"<context> + Is there a <shape> in the image?" prompts, loss on the yes/no token only, and reports held-out
+accuracy every `--eval_every` steps.
 
-- `lists`: the same questions about short object lists ("Objects: a red star, a blue ring."), a curriculum;
-- `copy`: random sequences of the world's words followed by their repeat, next-token loss on the repeat,
-  the task that forms induction (match-and-copy) heads quickly in small transformers.
+- `--context captions`: the world's dense captions (400 held out); `lists`: short object lists
+  ("Objects: a red star, a blue ring.", 1 to `--max_objects` shapes; 400 fresh lists held out).
+- `--prompt chat`: the question as the benchmarks ask it (POPE's suffix, in the chat template); `bare`:
+  "Is there a <shape> in the image?" right after the context, the answer predicted after its "?".
+- `--repeat_fraction F`: that share of every batch is `RepeatedWords` documents (runs of the world's words
+  and their repeat, next-token loss on the repeat), as `mllm pretrain-lm --repeat_fraction` mixes them in.
+- `--warmup lists|copy --warmup_steps N`: N steps of object-list questions, or of repeats alone, first.
 
-    python benchmarks/lm_existence_probe.py --world runs/demo/world --warmup copy --warmup_steps 600 \
-        --steps 1400 --out benchmarks/results/lm_existence_probe_copy.json
+    python benchmarks/lm_existence_probe.py --world runs/demo/world --context lists --prompt bare \
+        --max_objects 2 --repeat_fraction 0.5 --steps 800 --eval_every 100 \
+        --out benchmarks/results/lm_existence_probe_lists_bare_repeat.json
+
+The committed `_lists_bare` run drops the repeats (`--repeat_fraction 0`); `_lists_chat_repeat` and
+`_captions_bare_repeat` change `--prompt` or `--context` and run `--steps 1200`.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ import yaml
 from report import report, stamp
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from mllm.data.llava_json import collate
+from mllm.train_stages.language import RepeatedWords
 from mllm.world.scene import COLOURS, SHAPES
 
 Example = tuple[list[int], bool]
 REPO = Path(__file__).resolve().parents[1]
+SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
 def world_captions(world: Path) -> list[str]:
@@ -41,25 +51,28 @@ def world_captions(world: Path) -> list[str]:
     return sorted({c for c in captions if not c.startswith("A bar chart") and "written" not in c})
 
 
-def object_list(rng: random.Random) -> str:
-    shapes = rng.sample(SHAPES, rng.randint(1, 3))
+def object_list(rng: random.Random, max_objects: int = 3) -> str:
+    shapes = rng.sample(SHAPES, rng.randint(1, max_objects))
     return "Objects: " + ", ".join(f"a {rng.choice(list(COLOURS))} {s}" for s in shapes) + "."
 
 
 class ExistenceTask:
-    """Balanced existence prompts rendered with the world tokenizer's chat template, as the benchmarks ask."""
+    """Balanced existence prompts, in the chat template as the benchmarks ask them or bare."""
 
-    def __init__(self, tokenizer: object) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: object, chat: bool = True) -> None:
+        self.tokenizer, self.chat = tokenizer, chat
         self.yes, self.no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
 
-    def example(self, caption: str, rng: random.Random) -> Example:
-        present = [s for s in SHAPES if f" {s}" in caption]
+    def example(self, context: str, rng: random.Random) -> Example:
+        present = [s for s in SHAPES if f" {s}" in context]
         asks_present = bool(present) and rng.random() < 0.5
         shape = rng.choice(present if asks_present else [s for s in SHAPES if s not in present])
-        question = f"{caption}\nIs there a {shape} in the image?\nAnswer the question using a single word or phrase."
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                                  add_generation_prompt=True)
+        question = f"{context}\nIs there a {shape} in the image?"
+        if self.chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": question + SUFFIX}],
+                                                      tokenize=False, add_generation_prompt=True)
+        else:
+            text = self.tokenizer.bos_token + question
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], asks_present
 
     def batch(self, items: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,24 +85,13 @@ class ExistenceTask:
         return ids, mask, torch.tensor([self.yes if answer else self.no for _, answer in items])
 
 
-def copy_batch(tokenizer: object, words: list[list[int]], rng: random.Random, size: int) -> dict[str, torch.Tensor]:
-    """Random word sequences followed by their repeat; only the repeat is predicted."""
-    sequences = []
-    for _ in range(size):
-        half = [t for _ in range(rng.randint(8, 16)) for t in rng.choice(words)]
-        sequences.append(([tokenizer.bos_token_id] + half + half, 1 + len(half)))
-    length = max(len(s) for s, _ in sequences)
-    ids = torch.full((size, length), tokenizer.pad_token_id)
-    labels = torch.full((size, length), -100)
-    for row, (seq, start) in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, start : len(seq)] = torch.tensor(seq[start:])
-    return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).long(), "labels": labels}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--context", choices=["captions", "lists"], default="captions")
+    parser.add_argument("--prompt", choices=["chat", "bare"], default="chat")
+    parser.add_argument("--max_objects", type=int, default=3)
+    parser.add_argument("--repeat_fraction", type=float, default=0.0)
     parser.add_argument("--warmup", choices=["none", "lists", "copy"], default="none")
     parser.add_argument("--warmup_steps", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500)
@@ -102,10 +104,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.world / "tokenizer")
-    task = ExistenceTask(tokenizer)
+    task = ExistenceTask(tokenizer, chat=args.prompt == "chat")
     captions = world_captions(args.world)
     random.Random(args.seed).shuffle(captions)
-    held_out, train = captions[:400], captions[400:]
+    if args.context == "lists":
+        lists = random.Random(f"held-out-{args.seed}")
+        held_out, train = [object_list(lists, args.max_objects) for _ in range(400)], []
+    else:
+        held_out, train = captions[:400], captions[400:]
     test = [task.example(c, random.Random(i)) for i, c in enumerate(held_out)]
     size = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"]
     torch.manual_seed(args.seed)
@@ -116,8 +122,8 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
-    words = [tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-             for w in sorted({w.strip(".,:") for c in captions for w in c.split()})]
+    repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer, count=100_000,
+                                          seed=args.seed)
     rng = random.Random(args.seed + 1)
 
     @torch.no_grad()
@@ -132,19 +138,30 @@ def main() -> None:
         right = sum(pick == answer for pick, (_, answer) in zip(picks, test, strict=True))
         return right / len(test), sum(picks) / len(picks)
 
-    def existence_loss(source: Callable[[], str]) -> torch.Tensor:
-        ids, mask, target = task.batch([task.example(source(), rng) for _ in range(args.batch)])
+    def existence_loss(source: Callable[[], str], size: int) -> torch.Tensor:
+        ids, mask, target = task.batch([task.example(source(), rng) for _ in range(size)])
         return torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits[:, -1], target)
+
+    def repeat_loss(size: int) -> torch.Tensor:
+        batch = collate([repeats[rng.randrange(len(repeats))] for _ in range(size)], tokenizer.pad_token_id)
+        return model(**batch).loss
+
+    def context() -> str:
+        return object_list(rng, args.max_objects) if args.context == "lists" else rng.choice(train)
+
+    n_repeat = round(args.batch * args.repeat_fraction)
 
     curve, start = [], time.time()
     for step in range(1, args.warmup_steps + args.steps + 1):
         warming = step <= args.warmup_steps
         if warming and args.warmup == "copy":
-            loss = model(**copy_batch(tokenizer, words, rng, args.batch)).loss
+            loss = repeat_loss(args.batch)
         elif warming and args.warmup == "lists":
-            loss = existence_loss(lambda: object_list(rng))
+            loss = existence_loss(lambda: object_list(rng, args.max_objects), args.batch)
         else:
-            loss = existence_loss(lambda: rng.choice(train))
+            loss = existence_loss(context, args.batch - n_repeat)
+            if n_repeat:
+                loss = loss + repeat_loss(n_repeat)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -156,8 +173,9 @@ def main() -> None:
                           "held_out_accuracy": round(acc, 4), "share_yes": round(share_yes, 4),
                           "seconds": round(time.time() - start, 1)})
             print(curve[-1], flush=True)
-    report({**stamp(), "world": str(args.world), "warmup": args.warmup, "warmup_steps": args.warmup_steps,
-            "steps": args.steps, "batch": args.batch, "lr": args.lr, "llm": size,
+    report({**stamp(), "world": str(args.world), "context": args.context, "prompt": args.prompt,
+            "max_objects": args.max_objects, "repeat_fraction": args.repeat_fraction, "warmup": args.warmup,
+            "warmup_steps": args.warmup_steps, "steps": args.steps, "batch": args.batch, "lr": args.lr, "llm": size,
             "held_out_questions": len(test), "share_yes_in_held_out": round(sum(a for _, a in test) / len(test), 4),
             "curve": curve}, args.out)
 

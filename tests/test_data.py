@@ -29,7 +29,7 @@ from mllm.data.llava_json import ConversationDataset, collate
 from mllm.data.parquet import decode_image, encode_image, read_table, write_table
 from mllm.data.shards import CaptionShards, ShardConfig, resolve_shards
 from mllm.llm import LLMConfig, load_tokenizer
-from mllm.train_stages.language import LineCorpus
+from mllm.train_stages.language import LanguageConfig, LineCorpus, RepeatedWords, pretrain_language
 
 
 def _image(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> Image.Image:
@@ -433,6 +433,48 @@ def test_line_corpus_wraps_each_line_in_begin_and_end_of_text(tmp_path: Path, wo
     assert len(first) == 4 and items.lengths == [4, 4]
     full = LineCorpus(corpus, world_tokenizer, max_length=64)[1]["input_ids"].tolist()
     assert world_tokenizer.decode(full[1:-1]) == "Two objects."
+
+
+def test_repeated_words_are_a_run_then_its_repeat_with_loss_on_the_repeat_only(tmp_path: Path,
+                                                                              world_tokenizer) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Top left: a small red star.\nA bar chart with three bars: blue 7.\n")
+    items = RepeatedWords.from_corpus(corpus, world_tokenizer, count=50, seed=3)
+    vocabulary = {"Top", "left", "a", "small", "red", "star", "A", "bar", "chart", "with", "three", "bars", "blue", "7"}
+    assert len(items) == 50 and len(items.lengths) == 50
+    for index in range(50):
+        item = items[index]
+        ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+        assert ids[0] == world_tokenizer.bos_token_id and len(ids) == items.lengths[index]
+        half = (len(ids) - 1) // 2
+        assert ids[1 : 1 + half] == ids[1 + half :]
+        assert labels[: 1 + half] == [-100] * (1 + half) and labels[1 + half :] == ids[1 + half :]
+        words = world_tokenizer.decode(ids[1 : 1 + half]).split()
+        assert 4 <= len(words) <= 12 and set(words) <= vocabulary
+    assert items[7]["input_ids"].tolist() == RepeatedWords.from_corpus(corpus, world_tokenizer, 50, seed=3)[7][
+        "input_ids"].tolist()
+    other_seed = RepeatedWords.from_corpus(corpus, world_tokenizer, 50, seed=4)
+    assert any(items[i]["input_ids"].tolist() != other_seed[i]["input_ids"].tolist() for i in range(50))
+    with pytest.raises(ValueError, match="at least one word"):
+        RepeatedWords([], 5, [world_tokenizer.bos_token_id])
+
+
+def test_language_warm_up_mixes_in_the_requested_share_of_repeats(tmp_path: Path, tiny_world: Path) -> None:
+    text = tiny_world / "text"
+    base = len([line for line in (text / "corpus.txt").read_text().splitlines() if line.strip()])
+    base += len(json.loads((text / "reading.json").read_text()))
+    llm = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=32, num_layers=1, num_heads=2,
+                    num_kv_heads=2, intermediate_size=64)
+
+    def config(fraction: float) -> LanguageConfig:
+        return LanguageConfig(out=str(tmp_path / f"lm{fraction}"), corpus=str(text / "corpus.txt"),
+                              conversations=[str(text / "reading.json")], llm=llm, epochs=0.02, batch_size=32,
+                              repeat_fraction=fraction, logging_steps=1)
+
+    summary = pretrain_language(config(0.75))
+    assert summary["documents"] == 4 * base and (tmp_path / "lm0.75" / "model" / "config.json").is_file()
+    with pytest.raises(ValueError, match="repeat_fraction"):
+        pretrain_language(config(1.0))
 
 
 def test_line_corpus_of_missing_or_empty_file_names_it(tmp_path: Path, world_tokenizer) -> None:
