@@ -18,7 +18,8 @@ accuracy every `--eval_every` steps.
         --out benchmarks/results/lm_existence_probe_lists_bare_repeat.json
 
 The committed `_lists_bare` run drops the repeats (`--repeat_fraction 0`); `_lists_chat_repeat` and
-`_captions_bare_repeat` change `--prompt` or `--context` and run `--steps 1200`.
+`_captions_bare_repeat` change `--prompt` or `--context` and run `--steps 1200`; `_lists4_chat_repeat` is
+`_lists_chat_repeat` with `--max_objects 4`.
 """
 
 from __future__ import annotations
