@@ -123,8 +123,8 @@ def main() -> None:
         pad_token_id=tokenizer.pad_token_id))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
-    repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer, count=100_000,
-                                          seed=args.seed)
+    repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer,
+                                        count=args.batch * (args.warmup_steps + args.steps), seed=args.seed)
     rng = random.Random(args.seed + 1)
 
     @torch.no_grad()

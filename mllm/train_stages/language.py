@@ -2,7 +2,8 @@
 
 LLaVA starts from a pretrained, instruction-following LLM; the synthetic world cannot download one, so
 this trains the tiny Llama on the world's prose (every token) and on text-only conversations in LLaVA
-format (assistant replies only, rendered with the chat template). The output is a plain Hugging Face
+format (assistant replies only, rendered with the chat template), optionally mixed with repeated runs of
+the corpus's words (`repeat_fraction`, see `RepeatedWords`). The output is a plain Hugging Face
 folder (model + tokenizer) that any recipe loads through `llm.path`, like a downloaded Llama-3 or SmolLM.
 """
 
@@ -80,14 +81,20 @@ class LineCorpus(Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
+def corpus_words(path: Path) -> list[str]:
+    """The distinct words of a text file, punctuation stripped, sorted."""
+    return sorted(set(re.findall(r"[A-Za-z0-9]+", path.read_text(encoding="utf-8"))))
+
+
 class RepeatedWords(Dataset):
     """Runs of random words from a corpus, each followed by its exact repeat; loss on the repeat only.
 
     Web text repeats itself (names, quotes, code), and that is what lets a pretrained LLM form
     match-and-copy (induction) heads; the world's corpus never repeats a run of words. Without such heads a
     from-scratch LM of the demo's size does not learn to match a question's word against its context even
-    in thousands of steps; with half of each batch made of repeats it learns "Is there a X?" over an object
-    list in a few hundred (benchmarks/lm_existence_probe.py). Document `i` depends only on (`seed`, `i`).
+    in thousands of steps; with half of each batch made of repeats it learns "Is there a X?" over lists of
+    one or two objects in under a thousand (benchmarks/lm_existence_probe.py; not yet with four objects or
+    over the world's captions). Document `i` depends only on (`seed`, `i`).
     """
 
     def __init__(self, words: list[list[int]], count: int, bos_ids: list[int], seed: int = 0,
@@ -100,9 +107,8 @@ class RepeatedWords(Dataset):
 
     @classmethod
     def from_corpus(cls, path: Path, tokenizer: Any, count: int, seed: int = 0) -> RepeatedWords:
-        """The distinct words of `path` (punctuation stripped), each tokenized as it reads mid-sentence."""
-        vocabulary = sorted(set(re.findall(r"[A-Za-z0-9]+", path.read_text(encoding="utf-8"))))
-        words = tokenizer([" " + w for w in vocabulary], add_special_tokens=False)["input_ids"]
+        """The words of `path`, each tokenized as it reads mid-sentence."""
+        words = tokenizer([" " + w for w in corpus_words(path)], add_special_tokens=False)["input_ids"]
         return cls(words, count, bos(tokenizer), seed)
 
     def _ids(self, index: int) -> tuple[list[int], int]:
