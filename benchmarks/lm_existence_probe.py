@@ -12,6 +12,9 @@ accuracy every `--eval_every` steps.
 - `--repeat_fraction F`: that share of every batch is `RepeatedWords` documents (runs of the world's words
   and their repeat, next-token loss on the repeat), as `mllm pretrain-lm --repeat_fraction` mixes them in.
 - `--warmup lists|copy --warmup_steps N`: N steps of object-list questions, or of repeats alone, first.
+- `--size '{"num_layers": 2, "num_heads": 8}'`: another LM size than the demo's; `--device cuda` on a GPU.
+- `--init LM`: start from an existing LM (with its own tokenizer); with `--steps 0` only score it.
+  `--save DIR` keeps the trained LM.
 
     python benchmarks/lm_existence_probe.py --world runs/demo/world --context lists --prompt bare \
         --max_objects 2 --repeat_fraction 0.5 --steps 800 --eval_every 100 \
@@ -19,7 +22,7 @@ accuracy every `--eval_every` steps.
 
 The committed `_lists_bare` run drops the repeats (`--repeat_fraction 0`); `_lists_chat_repeat` and
 `_captions_bare_repeat` change `--prompt` or `--context` and run `--steps 1200`; `_lists4_chat_repeat` is
-`_lists_chat_repeat` with `--max_objects 4`.
+`_lists_chat_repeat` with `--max_objects 4`. `existence_device/run.sh long` runs six variants on a GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 from report import report, stamp
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mllm.data.llava_json import collate
 from mllm.train_stages.language import RepeatedWords
@@ -100,11 +103,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save", type=Path, help="save the trained LM and its tokenizer here")
+    parser.add_argument("--init", type=Path, help="an LM folder (with its tokenizer) to start from; --steps 0 "
+                        "only scores it")
+    parser.add_argument("--size", type=json.loads, default={},
+                        help='overrides of the demo LM size, e.g. \'{"num_layers": 4, "num_heads": 4}\'')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.world / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(args.init or args.world / "tokenizer")
     task = ExistenceTask(tokenizer, chat=args.prompt == "chat")
     captions = world_captions(args.world)
     random.Random(args.seed).shuffle(captions)
@@ -114,13 +123,18 @@ def main() -> None:
     else:
         held_out, train = captions[:400], captions[400:]
     test = [task.example(c, random.Random(i)) for i, c in enumerate(held_out)]
-    size = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"]
+    size = {**yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"], **args.size}
+    size["num_kv_heads"] = args.size.get("num_kv_heads", size["num_heads"])
     torch.manual_seed(args.seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
-        num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
-        num_key_value_heads=size["num_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id))
+    if args.init:
+        model = AutoModelForCausalLM.from_pretrained(args.init).to(args.device)
+        size = {k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    else:
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
+            num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
+            num_key_value_heads=size["num_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id)).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
     repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer,
@@ -133,19 +147,19 @@ def main() -> None:
         picks = []
         for start in range(0, len(test), 100):
             ids, mask, _ = task.batch(test[start : start + 100])
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+            logits = model(input_ids=ids.to(args.device), attention_mask=mask.to(args.device)).logits[:, -1]
             picks += (logits[:, task.yes] > logits[:, task.no]).tolist()
         model.train()
         right = sum(pick == answer for pick, (_, answer) in zip(picks, test, strict=True))
         return right / len(test), sum(picks) / len(picks)
 
     def existence_loss(source: Callable[[], str], size: int) -> torch.Tensor:
-        ids, mask, target = task.batch([task.example(source(), rng) for _ in range(size)])
+        ids, mask, target = (t.to(args.device) for t in task.batch([task.example(source(), rng) for _ in range(size)]))
         return torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits[:, -1], target)
 
     def repeat_loss(size: int) -> torch.Tensor:
         batch = collate([repeats[rng.randrange(len(repeats))] for _ in range(size)], tokenizer.pad_token_id)
-        return model(**batch).loss
+        return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
 
     def context() -> str:
         return object_list(rng, args.max_objects) if args.context == "lists" else rng.choice(train)
@@ -153,6 +167,9 @@ def main() -> None:
     n_repeat = round(args.batch * args.repeat_fraction)
 
     curve, start = [], time.time()
+    if args.steps == 0:
+        acc, share_yes = accuracy()
+        curve.append({"step": 0, "held_out_accuracy": round(acc, 4), "share_yes": round(share_yes, 4)})
     for step in range(1, args.warmup_steps + args.steps + 1):
         warming = step <= args.warmup_steps
         if warming and args.warmup == "copy":
@@ -174,7 +191,11 @@ def main() -> None:
                           "held_out_accuracy": round(acc, 4), "share_yes": round(share_yes, 4),
                           "seconds": round(time.time() - start, 1)})
             print(curve[-1], flush=True)
-    report({**stamp(), "world": str(args.world), "context": args.context, "prompt": args.prompt,
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+    report({**stamp(), "world": str(args.world), "init": str(args.init or "fresh"), "context": args.context,
+            "prompt": args.prompt,
             "max_objects": args.max_objects, "repeat_fraction": args.repeat_fraction, "warmup": args.warmup,
             "warmup_steps": args.warmup_steps, "steps": args.steps, "batch": args.batch, "lr": args.lr, "llm": size,
             "held_out_questions": len(test), "share_yes_in_held_out": round(sum(a for _, a in test) / len(test), 4),

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from mllm.data.llava_json import load_records
 from mllm.eval.prompts import build_prompt
@@ -63,3 +64,52 @@ def test_repeat_conversations_are_text_only_and_answered_by_their_run(existence:
         question, reply = record["conversations"]
         assert "image" not in record and question["value"] == f"Repeat: {reply['value']}"
         assert 4 <= len(reply["value"].split()) <= 12 and set(reply["value"].split()) <= {"red", "star", "7"}
+
+
+@pytest.fixture
+def device_data(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS / "existence_device"))
+    return importlib.import_module("prepare")
+
+
+def test_single_turn_records_keep_every_question_with_its_image(existence: ModuleType, device_data: ModuleType,
+                                                                tiny_world: Path) -> None:
+    align = load_records(tiny_world / "stage_data" / "align.json")
+    captions = {r["id"]: r["conversations"][1]["value"] for r in align}
+    multi = existence.existence_records(align, seed=0)
+    single = device_data.single_turn(multi)
+    assert len(single) == sum(len(r["conversations"]) // 2 for r in multi) == len({r["id"] for r in single})
+    by_image = {r["id"]: r["image"] for r in multi}
+    for record in single:
+        assert len(record["conversations"]) == 2 and record["image"] == by_image[record["id"].rsplit("-", 1)[0]]
+    as_own = [{**r, "id": r["id"].rsplit("-", 1)[0]} for r in single]
+    assert sorted(_questions(as_own, captions)) == sorted(_questions(multi, captions))
+
+
+def test_one_object_and_text_questions_are_balanced_and_true(device_data: ModuleType, tiny_world: Path) -> None:
+    align = load_records(tiny_world / "stage_data" / "align.json")
+    captions = {r["id"]: r["conversations"][1]["value"] for r in align}
+    one = device_data.one_object(align)
+    assert one and all(captions[r["id"].rsplit("-", 1)[0]].startswith("One object.") for r in one)
+    asked = _questions([{**r, "id": r["id"].rsplit("-", 1)[0]} for r in one], captions)
+    assert [a for _, a in asked].count("yes") == len(asked) // 2
+    text = device_data.text_questions(align, per_caption=4)
+    for record in text:
+        assert "image" not in record
+        caption, question = record["conversations"][0]["value"].split("\n", 1)
+        assert caption == captions[record["id"].rsplit("-", 1)[0]]
+        shape = question.split("Is there a ")[1].split(" in the image?")[0]
+        assert (f" {shape}." in caption) == (record["conversations"][1]["value"] == "yes")
+    assert sum(r["conversations"][1]["value"] == "yes" for r in text) * 2 == len(text)
+
+
+def test_answer_source_probe_reads_each_yes_no_reply_by_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("answer_source_probe")
+    yes, no, other = 5, 6, 7
+    # three replies: "yes" (turn 0), a two-token non-yes/no reply (turn 1), "no" (turn 2)
+    labels = torch.tensor([-100, -100, yes, 1, -100, other, 2, -100, no, 1])
+    logits = torch.zeros(10, 8)
+    logits[1, yes] = 1.0  # predicts the first reply's "yes": right
+    logits[7, yes] = 1.0  # picks "yes" where "no" is due: wrong
+    assert probe.yes_no_picks(logits, labels, [(yes, no)]) == [(0, True, True), (2, False, True)]

@@ -197,7 +197,7 @@ def test_caption_field_json_org_caption_yields_the_short_caption(tiny_world: Pat
 def test_stage_data_records_are_llava_conversations(tiny_world: Path, name: str) -> None:
     records = json.loads((tiny_world / "stage_data" / f"{name}.json").read_text())
     assert isinstance(records, list)
-    assert len([r for r in records if not r["id"].endswith("-describe")]) == 240
+    assert len([r for r in records if "-" not in r["id"]]) == 240  # one conversation an image; the rest suffixed
     assert len({r["id"] for r in records}) == len(records)
     for record in records:
         assert set(record) == {"id", "image", "conversations"}
@@ -265,6 +265,23 @@ def test_instruct_mix_yes_no_answers_are_balanced(tiny_world: Path) -> None:
                       if turn["value"].lower() in ("yes", "no"))
     assert sum(answers.values()) > 100, answers
     assert 0.4 < answers["yes"] / sum(answers.values()) < 0.6, answers
+
+
+def test_yes_no_pairs_never_share_a_conversation(tiny_world: Path) -> None:
+    """MME and POPE ask one "yes" and one "no" question about an image; in one conversation the second answer
+    could be read off the first, so the second goes to a one-turn record of its own (same image)."""
+    records = json.loads((tiny_world / "stage_data" / "instruct.json").read_text())
+    partners = 0
+    for record in records:
+        turns = record["conversations"]
+        asked = Counter(_family(h["value"].removeprefix("<image>\n"), g["value"])
+                        for h, g in zip(turns[::2], turns[1::2], strict=True))
+        assert asked["mme"] <= 1 and asked["pope"] <= 1, record["id"]
+        if re.search(r"-pair\d$", record["id"]):
+            partners += 1
+            assert len(turns) == 2 and set(asked) <= {"mme", "pope"}, record
+            assert record["image"] == f"train/{record['id'].rsplit('-', 1)[0]}.jpg"
+    assert partners > 10
 
 
 def test_instruct_mix_has_standalone_descriptions_at_the_configured_share(tiny_world: Path) -> None:
@@ -373,6 +390,22 @@ def test_seed_rows_have_letter_answers_and_image_lists(tiny_world: Path) -> None
         choices = [row[f"choice_{c}"] for c in "abcd"]
         assert len(set(choices)) == 4
         assert row["data_type"] == "image"
+
+
+@pytest.mark.parametrize("family", ["seed", "sqa_img"])
+def test_multiple_choice_answers_take_every_position_in_turn(tiny_world: Path, family: str) -> None:
+    """Balanced gold positions: the best constant answer scores 1/k, not what a lucky draw gives one letter."""
+    by_count: dict[int, Counter[int]] = defaultdict(Counter)
+    rows = _rows(tiny_world, family)
+    for row in rows:
+        if family == "seed":
+            by_count[4]["ABCD".index(row["answer"])] += 1
+        else:
+            by_count[len(row["choices"])][row["answer"]] += 1
+    for k, counts in by_count.items():
+        spread = [counts[i] for i in range(k)]
+        assert max(spread) - min(spread) <= 1, (k, spread)
+    assert len(rows) >= 20
 
 
 def test_sqa_img_answer_indexes_choices(tiny_world: Path) -> None:

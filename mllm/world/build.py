@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import tarfile
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def _kind(rng: random.Random) -> str:
 
 
 DESCRIBE = "Describe the image in detail."
+PAIRED_FAMILIES = ("mme", "pope")
 
 
 def _record(key: str, turns: list[tuple[str, str]], suffix: str = "") -> dict[str, Any]:
@@ -93,18 +95,27 @@ def _record(key: str, turns: list[tuple[str, str]], suffix: str = "") -> dict[st
     return {"id": key + suffix, "image": f"train/{key}.jpg", "conversations": conversations}
 
 
-def _conversation(key: str, scene: Scene, rng: random.Random, popular: list[str]) -> dict[str, Any]:
-    """A multi-turn LLaVA-format conversation mixing the question families that fit the scene."""
+def _conversations(key: str, scene: Scene, rng: random.Random, popular: list[str]) -> list[dict[str, Any]]:
+    """A multi-turn LLaVA-format conversation mixing the question families that fit the scene, and a one-turn
+    record for the second question of each yes/no pair (MME, POPE: one "yes", one "no" about the image). In
+    one conversation the pair's second answer is the opposite of the first, which a model learns to read off
+    the text instead of the image."""
     turns: list[tuple[str, str]] = []
+    partners: list[tuple[str, str]] = []
     families = [f for f, kinds in language.FAMILY_KINDS.items() if scene.kind in kinds]
     for family in rng.sample(families, min(len(families), rng.randint(2, 3))):
         docs = _family_docs(family, scene, rng, popular)
         # A random subset, not a prefix: yes/no families list the "yes" question first, and a prefix
         # would tilt the mix two to one towards "yes".
         docs = rng.sample(docs, rng.randint(1, len(docs))) if docs else []
-        turns += [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs]
+        asked = [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs]
+        if family in PAIRED_FAMILIES:
+            partners += asked[1:]
+            asked = asked[:1]
+        turns += asked
     rng.shuffle(turns)
-    return _record(key, turns or [(DESCRIBE, language.dense_caption(scene))])
+    records = [_record(key, turns or [(DESCRIBE, language.dense_caption(scene))])]
+    return records + [_record(key, [turn], suffix=f"-pair{i}") for i, turn in enumerate(partners)]
 
 
 def _as_reading(record: dict[str, Any], caption: str) -> dict[str, Any]:
@@ -157,14 +168,14 @@ def _write_training(cfg: WorldConfig, out: Path, holdout: Holdout) -> tuple[list
             info.size, info.mtime = len(payload), 0
             tar.addfile(info, io.BytesIO(payload))
         align.append(_record(key, [("Describe the image.", dense)]))
-        conversation = _conversation(key, scene, rng, popular)
-        instruct.append(conversation)
-        if any(t["value"] != dense for t in conversation["conversations"][1::2]):
-            reading.append(_as_reading(conversation, dense))
+        conversations = _conversations(key, scene, rng, popular)
+        instruct += conversations
+        reading += [_as_reading(c, dense) for c in conversations
+                    if any(t["value"] != dense for t in c["conversations"][1::2])]
         if rng.random() < cfg.describe_prob:
             instruct.append(_record(key, [(DESCRIBE, dense)], suffix="-describe"))
         prose += [dense, alt]
-        texts += [dense, alt] + [turn["value"] for turn in conversation["conversations"]]
+        texts += [dense, alt] + [turn["value"] for c in conversations for turn in c["conversations"]]
     if tar is not None:
         tar.close()
     (out / "stage_data").mkdir(exist_ok=True)
@@ -180,6 +191,7 @@ def _benchmark_rows(family: str, cfg: WorldConfig, holdout: Holdout, popular: li
     rng = random.Random(f"bench-{family}-{cfg.seed}")
     target = SCALES[cfg.scale]["benchmark_rows"]
     rows: list[dict[str, Any]] = []
+    placed: Counter[int] = Counter()
     image_index = 0
     while len(rows) < target:
         kind = rng.choice(language.FAMILY_KINDS[family])
@@ -193,9 +205,30 @@ def _benchmark_rows(family: str, cfg: WorldConfig, holdout: Holdout, popular: li
         image = encode_image(render(scene, cfg.image_size, rng), cfg.jpeg_quality)
         name = f"{family}_{image_index:05d}"
         for j, doc in enumerate(docs):
+            doc = _place_answer(family, doc, placed)
             rows.append(_with_layout(family, doc, image, name, len(rows), j))
         image_index += 1
     return rows
+
+
+def _place_answer(family: str, doc: dict[str, Any], placed: Counter[int]) -> dict[str, Any]:
+    """A multiple-choice row with its options rotated so that, over the benchmark, the right option takes each
+    position in turn (counted per number of options in `placed`). Left to chance, 160 rows put 55 SEED
+    answers on one letter, and "always C" would set the bar at 34% instead of 25%."""
+    if family == "seed":
+        options, right = [doc[f"choice_{c.lower()}"] for c in language.LETTERS], language.LETTERS.index(doc["answer"])
+    elif family == "sqa_img":
+        options, right = list(doc["choices"]), doc["answer"]
+    else:
+        return doc
+    k = len(options)
+    target = placed[k] % k
+    placed[k] += 1
+    rotated = [options[(i - target + right) % k] for i in range(k)]
+    if family == "seed":
+        return {**doc, "answer": language.LETTERS[target],
+                **{f"choice_{c.lower()}": o for c, o in zip(language.LETTERS, rotated, strict=True)}}
+    return {**doc, "choices": rotated, "answer": target}
 
 
 def _with_layout(family: str, doc: dict, image: dict, name: str, index: int, j: int) -> dict[str, Any]:

@@ -1,0 +1,79 @@
+"""Where does a VLM's yes/no answer come from: the image, or the conversation around it?
+
+Teacher-forced on training conversations, this reads the model's pick between "yes" and "no" (in the
+reply's own casing) at every yes/no reply, and reports accuracy and "yes" share by turn index, once with each
+sample's own image and once with the batch's images rotated by one (every sample sees another scene). Equal
+columns mean the image plays no part; a turn that is right with either image is answered from the text,
+as the second question of a yes/no pair can be from the first.
+
+    python benchmarks/answer_source_probe.py --model runs/existence/existence/model \
+        --data runs/demo/world/stage_data/existence.json --images runs/demo/world/images \
+        --out benchmarks/results/answer_source_existence_stage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+import torch
+from report import report, stamp
+
+from mllm.data.llava_json import ConversationDataset, collate
+from mllm.vlm import VisionLanguageModel
+
+IGNORE = -100
+
+
+def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
+                 pairs: list[tuple[int, int]]) -> list[tuple[int, bool, bool]]:
+    """(turn index, right, picked yes) for every reply whose first token is a yes/no token of `pairs`."""
+    out, turn = [], 0
+    for t in range(1, labels.shape[0]):
+        if labels[t] == IGNORE or labels[t - 1] != IGNORE:
+            continue
+        pair = next((p for p in pairs if int(labels[t]) in p), None)
+        if pair is not None:
+            yes, no = pair
+            picked_yes = bool(logits[t - 1, yes] > logits[t - 1, no])
+            out.append((turn, picked_yes == (int(labels[t]) == yes), picked_yes))
+        turn += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    model, tokenizer = VisionLanguageModel.from_pretrained(args.model)
+    model.eval()
+    dataset = ConversationDataset(args.data, args.images, tokenizer, model.tower.image, "chat",
+                                  model.num_image_tokens, 2048)
+    first = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no", "Yes", "No")]
+    pairs = [(first[0], first[1]), (first[2], first[3])]
+    chosen = [i for i in range(len(dataset)) if dataset.samples[i].image is not None][: args.samples]
+    tallies = {mode: collections.defaultdict(collections.Counter) for mode in ("own_image", "another_image")}
+    with torch.no_grad():
+        for start in range(0, len(chosen), args.batch):
+            batch = collate([dataset[i] for i in chosen[start : start + args.batch]], tokenizer.pad_token_id)
+            for mode, tally in tallies.items():
+                pixels = batch["pixel_values"] if mode == "own_image" else batch["pixel_values"].roll(1, 0)
+                logits = model(batch["input_ids"], batch["attention_mask"], pixels).logits
+                for row in range(len(logits)):
+                    for turn, right, picked_yes in yes_no_picks(logits[row], batch["labels"][row], pairs):
+                        tally[turn].update(n=1, right=int(right), yes=int(picked_yes))
+    by_turn = {mode: {str(turn): {"replies": c["n"], "accuracy": round(c["right"] / c["n"], 4),
+                                  "share_yes": round(c["yes"] / c["n"], 4)} for turn, c in sorted(tally.items())}
+               for mode, tally in tallies.items()}
+    report({**stamp(), "model": str(args.model), "data": str(args.data), "conversations": len(chosen),
+            "by_turn": by_turn}, args.out)
+
+
+if __name__ == "__main__":
+    main()
