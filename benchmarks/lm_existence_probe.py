@@ -14,7 +14,8 @@ accuracy every `--eval_every` steps.
 - `--warmup lists|copy --warmup_steps N`: N steps of object-list questions, or of repeats alone, first.
 - `--size '{"num_layers": 2, "num_heads": 8}'`: another LM size than the demo's; `--device cuda` on a GPU.
 - `--init LM`: start from an existing LM (with its own tokenizer); with `--steps 0` only score it.
-  `--save DIR` keeps the trained LM.
+  `--save DIR` keeps the trained LM; `--text_fraction F` gives that share of every batch to the world's corpus
+  (next-token loss), so an LM started with `--init` keeps its captions while it learns the skill.
 
     python benchmarks/lm_existence_probe.py --world runs/demo/world --context lists --prompt bare \
         --max_objects 2 --repeat_fraction 0.5 --steps 800 --eval_every 100 \
@@ -40,7 +41,7 @@ from report import report, stamp
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mllm.data.llava_json import collate
-from mllm.train_stages.language import RepeatedWords
+from mllm.train_stages.language import LineCorpus, RepeatedWords
 from mllm.world.scene import COLOURS, SHAPES
 
 Example = tuple[list[int], bool]
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--prompt", choices=["chat", "bare"], default="chat")
     parser.add_argument("--max_objects", type=int, default=3)
     parser.add_argument("--repeat_fraction", type=float, default=0.0)
+    parser.add_argument("--text_fraction", type=float, default=0.0)
     parser.add_argument("--warmup", choices=["none", "lists", "copy"], default="none")
     parser.add_argument("--warmup_steps", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500)
@@ -161,10 +163,17 @@ def main() -> None:
         batch = collate([repeats[rng.randrange(len(repeats))] for _ in range(size)], tokenizer.pad_token_id)
         return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
 
+    corpus = LineCorpus(args.world / "text" / "corpus.txt", tokenizer, 256) if args.text_fraction else None
+
+    def text_loss(size: int) -> torch.Tensor:
+        batch = collate([corpus[rng.randrange(len(corpus))] for _ in range(size)], tokenizer.pad_token_id)
+        return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
+
     def context() -> str:
         return object_list(rng, args.max_objects) if args.context == "lists" else rng.choice(train)
 
     n_repeat = round(args.batch * args.repeat_fraction)
+    n_text = round(args.batch * args.text_fraction)
 
     curve, start = [], time.time()
     if args.steps == 0:
@@ -177,9 +186,11 @@ def main() -> None:
         elif warming and args.warmup == "lists":
             loss = existence_loss(lambda: object_list(rng, args.max_objects), args.batch)
         else:
-            loss = existence_loss(context, args.batch - n_repeat)
+            loss = existence_loss(context, args.batch - n_repeat - n_text)
             if n_repeat:
                 loss = loss + repeat_loss(n_repeat)
+            if n_text:
+                loss = loss + text_loss(n_text)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -196,7 +207,8 @@ def main() -> None:
         tokenizer.save_pretrained(args.save)
     report({**stamp(), "world": str(args.world), "init": str(args.init or "fresh"), "context": args.context,
             "prompt": args.prompt,
-            "max_objects": args.max_objects, "repeat_fraction": args.repeat_fraction, "warmup": args.warmup,
+            "max_objects": args.max_objects, "repeat_fraction": args.repeat_fraction,
+            "text_fraction": args.text_fraction, "warmup": args.warmup,
             "warmup_steps": args.warmup_steps, "steps": args.steps, "batch": args.batch, "lr": args.lr, "llm": size,
             "held_out_questions": len(test), "share_yes_in_held_out": round(sum(a for _, a in test) / len(test), 4),
             "curve": curve}, args.out)
