@@ -15,7 +15,8 @@ accuracy every `--eval_every` steps.
 - `--size '{"num_layers": 2, "num_heads": 8}'`: another LM size than the demo's; `--device cuda` on a GPU.
 - `--init LM`: start from an existing LM (with its own tokenizer); with `--steps 0` only score it.
   `--save DIR` keeps the trained LM; `--text_fraction F` gives that share of every batch to the world's corpus
-  (next-token loss), so an LM started with `--init` keeps its captions while it learns the skill.
+  (next-token loss), so an LM started with `--init` keeps its captions while it learns the skill;
+  `--text_with_reading` adds the world's reading conversations to that share (it keeps its answer formats).
 
     python benchmarks/lm_existence_probe.py --world runs/demo/world --context lists --prompt bare \
         --max_objects 2 --repeat_fraction 0.5 --steps 800 --eval_every 100 \
@@ -38,9 +39,11 @@ from pathlib import Path
 import torch
 import yaml
 from report import report, stamp
+from torch.utils.data import ConcatDataset, Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from mllm.data.llava_json import collate
+from mllm.data.images import ImageConfig
+from mllm.data.llava_json import ConversationDataset, collate
 from mllm.train_stages.language import LineCorpus, RepeatedWords
 from mllm.world.scene import COLOURS, SHAPES
 
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--max_objects", type=int, default=3)
     parser.add_argument("--repeat_fraction", type=float, default=0.0)
     parser.add_argument("--text_fraction", type=float, default=0.0)
+    parser.add_argument("--text_with_reading", action="store_true",
+                        help="the text share also draws the world's reading conversations (every question family)")
     parser.add_argument("--warmup", choices=["none", "lists", "copy"], default="none")
     parser.add_argument("--warmup_steps", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500)
@@ -163,7 +168,12 @@ def main() -> None:
         batch = collate([repeats[rng.randrange(len(repeats))] for _ in range(size)], tokenizer.pad_token_id)
         return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
 
-    corpus = LineCorpus(args.world / "text" / "corpus.txt", tokenizer, 256) if args.text_fraction else None
+    corpus: Dataset | None = None
+    if args.text_fraction:
+        corpus = LineCorpus(args.world / "text" / "corpus.txt", tokenizer, 256)
+        if args.text_with_reading:
+            corpus = ConcatDataset([corpus, ConversationDataset(args.world / "text" / "reading.json", None, tokenizer,
+                                                                 ImageConfig(), "chat", 0, 256)])
 
     def text_loss(size: int) -> torch.Tensor:
         batch = collate([corpus[rng.randrange(len(corpus))] for _ in range(size)], tokenizer.pad_token_id)
@@ -208,7 +218,7 @@ def main() -> None:
     report({**stamp(), "world": str(args.world), "init": str(args.init or "fresh"), "context": args.context,
             "prompt": args.prompt,
             "max_objects": args.max_objects, "repeat_fraction": args.repeat_fraction,
-            "text_fraction": args.text_fraction, "warmup": args.warmup,
+            "text_fraction": args.text_fraction, "text_with_reading": args.text_with_reading, "warmup": args.warmup,
             "warmup_steps": args.warmup_steps, "steps": args.steps, "batch": args.batch, "lr": args.lr, "llm": size,
             "held_out_questions": len(test), "share_yes_in_held_out": round(sum(a for _, a in test) / len(test), 4),
             "curve": curve}, args.out)
