@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 from report import report, stamp
 
+from mllm.data.conversation import IGNORE_INDEX
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.vlm import VisionLanguageModel
-
-IGNORE = -100
 
 
 def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
@@ -31,7 +30,7 @@ def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
     """(turn index, right, picked yes) for every reply whose first token is a yes/no token of `pairs`."""
     out, turn = [], 0
     for t in range(1, labels.shape[0]):
-        if labels[t] == IGNORE or labels[t - 1] != IGNORE:
+        if labels[t] == IGNORE_INDEX or labels[t - 1] != IGNORE_INDEX:
             continue
         pair = next((p for p in pairs if int(labels[t]) in p), None)
         if pair is not None:

@@ -119,6 +119,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if not 0 <= args.repeat_fraction + args.text_fraction < 1 or min(args.repeat_fraction, args.text_fraction) < 0:
+        parser.error("--repeat_fraction and --text_fraction must be >= 0 and leave part of each batch to the task")
+    if args.text_with_reading and not args.text_fraction:
+        parser.error("--text_with_reading needs a --text_fraction")
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.init or args.world / "tokenizer")
     task = ExistenceTask(tokenizer, chat=args.prompt == "chat")
@@ -144,8 +148,10 @@ def main() -> None:
             pad_token_id=tokenizer.pad_token_id)).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
-    repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer,
-                                        count=args.batch * (args.warmup_steps + args.steps), seed=args.seed)
+    repeats = None
+    if args.repeat_fraction or args.warmup == "copy":
+        repeats = RepeatedWords.from_corpus(args.world / "text" / "corpus.txt", tokenizer,
+                                            count=args.batch * (args.warmup_steps + args.steps), seed=args.seed)
     rng = random.Random(args.seed + 1)
 
     @torch.no_grad()
@@ -164,8 +170,9 @@ def main() -> None:
         ids, mask, target = (t.to(args.device) for t in task.batch([task.example(source(), rng) for _ in range(size)]))
         return torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits[:, -1], target)
 
-    def repeat_loss(size: int) -> torch.Tensor:
-        batch = collate([repeats[rng.randrange(len(repeats))] for _ in range(size)], tokenizer.pad_token_id)
+    def lm_loss(documents: Dataset, size: int) -> torch.Tensor:
+        """Next-token loss (on the labelled tokens) over `size` documents drawn from `documents`."""
+        batch = collate([documents[rng.randrange(len(documents))] for _ in range(size)], tokenizer.pad_token_id)
         return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
 
     corpus: Dataset | None = None
@@ -174,10 +181,6 @@ def main() -> None:
         if args.text_with_reading:
             corpus = ConcatDataset([corpus, ConversationDataset(args.world / "text" / "reading.json", None, tokenizer,
                                                                  ImageConfig(), "chat", 0, 256)])
-
-    def text_loss(size: int) -> torch.Tensor:
-        batch = collate([corpus[rng.randrange(len(corpus))] for _ in range(size)], tokenizer.pad_token_id)
-        return model(**{k: v.to(args.device) for k, v in batch.items()}).loss
 
     def context() -> str:
         return object_list(rng, args.max_objects) if args.context == "lists" else rng.choice(train)
@@ -192,15 +195,15 @@ def main() -> None:
     for step in range(1, args.warmup_steps + args.steps + 1):
         warming = step <= args.warmup_steps
         if warming and args.warmup == "copy":
-            loss = repeat_loss(args.batch)
+            loss = lm_loss(repeats, args.batch)
         elif warming and args.warmup == "lists":
             loss = existence_loss(lambda: object_list(rng, args.max_objects), args.batch)
         else:
             loss = existence_loss(context, args.batch - n_repeat - n_text)
             if n_repeat:
-                loss = loss + repeat_loss(n_repeat)
+                loss = loss + lm_loss(repeats, n_repeat)
             if n_text:
-                loss = loss + text_loss(n_text)
+                loss = loss + lm_loss(corpus, n_text)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

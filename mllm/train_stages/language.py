@@ -92,9 +92,9 @@ class RepeatedWords(Dataset):
     Web text repeats itself (names, quotes, code), and that is what lets a pretrained LLM form
     match-and-copy (induction) heads; the world's corpus never repeats a run of words. Without such heads a
     from-scratch LM of the demo's size does not learn to match a question's word against its context even
-    in thousands of steps; with half of each batch made of repeats it learns "Is there a X?" over lists of
-    one or two objects in under a thousand (benchmarks/lm_existence_probe.py; not yet with four objects or
-    over the world's captions). Document `i` depends only on (`seed`, `i`).
+    in 10,000 steps; with half of each batch made of repeats it learns "Is there a X?" over lists of one or
+    two objects in under a thousand, and over four-object lists or the world's captions in about 2,000
+    (benchmarks/lm_existence_probe.py). Document `i` depends only on (`seed`, `i`).
     """
 
     def __init__(self, words: list[list[int]], count: int, bos_ids: list[int], seed: int = 0,
