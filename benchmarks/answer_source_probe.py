@@ -9,20 +9,41 @@ as the second question of a yes/no pair can be from the first.
     python benchmarks/answer_source_probe.py --model runs/existence/existence/model \
         --data runs/demo/world/stage_data/existence.json --images runs/demo/world/images \
         --out benchmarks/results/answer_source_existence_stage.json
+
+`--pope runs/demo/world/benchmarks/pope.parquet` asks the benchmark's own rows instead (one-turn, its prompt).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 from report import report, stamp
 
 from mllm.data.conversation import IGNORE_INDEX
 from mllm.data.llava_json import ConversationDataset, collate
+from mllm.eval.benchmarks import row_image
+from mllm.eval.prompts import build_prompt
 from mllm.vlm import VisionLanguageModel
+
+
+def pope_records(parquet: Path, folder: Path) -> Path:
+    """The POPE benchmark's rows as one-turn LLaVA records (images written into `folder`); the JSON's path."""
+    records = []
+    for row in pd.read_parquet(parquet).to_dict("records"):
+        image = f"{row['question_id']}.png"
+        row_image(row).save(folder / image)
+        records.append({"id": row["question_id"], "image": image, "conversations": [
+            {"from": "human", "value": "<image>\n" + build_prompt("pope", {"question": row["question"]})},
+            {"from": "gpt", "value": row["answer"]}]})
+    path = folder / "pope.json"
+    path.write_text(json.dumps(records))
+    return path
 
 
 def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
@@ -44,14 +65,21 @@ def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--pope", type=Path, help="a POPE benchmark parquet, instead of --data and --images")
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if (args.pope is None) == (args.data is None or args.images is None):
+        parser.error("give either --data and --images, or --pope")
     model, tokenizer = VisionLanguageModel.from_pretrained(args.model)
     model.eval()
+    scratch = tempfile.TemporaryDirectory()
+    if args.pope is not None:
+        args.data = pope_records(args.pope, Path(scratch.name))
+        args.images = Path(scratch.name)
     dataset = ConversationDataset(args.data, args.images, tokenizer, model.tower.image, "chat",
                                   model.num_image_tokens, 2048)
     first = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no", "Yes", "No")]
@@ -70,7 +98,8 @@ def main() -> None:
     by_turn = {mode: {str(turn): {"replies": c["n"], "accuracy": round(c["right"] / c["n"], 4),
                                   "share_yes": round(c["yes"] / c["n"], 4)} for turn, c in sorted(tally.items())}
                for mode, tally in tallies.items()}
-    report({**stamp(), "model": str(args.model), "data": str(args.data), "conversations": len(chosen),
+    scratch.cleanup()
+    report({**stamp(), "model": str(args.model), "data": str(args.pope or args.data), "conversations": len(chosen),
             "by_turn": by_turn}, args.out)
 
 

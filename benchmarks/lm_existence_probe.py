@@ -6,7 +6,9 @@ not (lm_reading_probe.py). This trains a fresh Llama of the demo's size on that 
 accuracy every `--eval_every` steps.
 
 - `--context captions`: the world's dense captions (400 held out); `lists`: short object lists
-  ("Objects: a red star, a blue ring.", 1 to `--max_objects` shapes; 400 fresh lists held out).
+  ("Objects: a red star, a blue ring.", 1 to `--max_objects` shapes; 400 fresh lists held out); `words`:
+  bare "red star blue ring"; `mixed`: each example's context one of the three (captions held out), so the
+  skill does not hang on one form (soft_context_probe.py).
 - `--prompt chat`: the question as the benchmarks ask it (POPE's suffix, in the chat template); `bare`:
   "Is there a <shape> in the image?" right after the context, the answer predicted after its "?".
 - `--repeat_fraction F`: that share of every batch is `RepeatedWords` documents (runs of the world's words
@@ -64,6 +66,11 @@ def object_list(rng: random.Random, max_objects: int = 3) -> str:
     return "Objects: " + ", ".join(f"a {rng.choice(list(COLOURS))} {s}" for s in shapes) + "."
 
 
+def object_words(rng: random.Random, max_objects: int = 4) -> str:
+    """Objects as bare "<colour> <shape>" words, no syntax: the nearest text to one visual token per object."""
+    return " ".join(f"{rng.choice(list(COLOURS))} {s}" for s in rng.sample(SHAPES, rng.randint(1, max_objects)))
+
+
 class ExistenceTask:
     """Balanced existence prompts, in the chat template as the benchmarks ask them or bare."""
 
@@ -96,7 +103,7 @@ class ExistenceTask:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=Path, required=True)
-    parser.add_argument("--context", choices=["captions", "lists"], default="captions")
+    parser.add_argument("--context", choices=["captions", "lists", "words", "mixed"], default="captions")
     parser.add_argument("--prompt", choices=["chat", "bare"], default="chat")
     parser.add_argument("--max_objects", type=int, default=3)
     parser.add_argument("--repeat_fraction", type=float, default=0.0)
@@ -128,9 +135,10 @@ def main() -> None:
     task = ExistenceTask(tokenizer, chat=args.prompt == "chat")
     captions = world_captions(args.world)
     random.Random(args.seed).shuffle(captions)
-    if args.context == "lists":
+    if args.context in ("lists", "words"):
         lists = random.Random(f"held-out-{args.seed}")
-        held_out, train = [object_list(lists, args.max_objects) for _ in range(400)], []
+        make = object_list if args.context == "lists" else object_words
+        held_out, train = [make(lists, args.max_objects) for _ in range(400)], []
     else:
         held_out, train = captions[:400], captions[400:]
     test = [task.example(c, random.Random(i)) for i, c in enumerate(held_out)]
@@ -183,7 +191,10 @@ def main() -> None:
                                                                  ImageConfig(), "chat", 0, 256)])
 
     def context() -> str:
-        return object_list(rng, args.max_objects) if args.context == "lists" else rng.choice(train)
+        kind = rng.choice(["captions", "lists", "words"]) if args.context == "mixed" else args.context
+        if kind == "lists":
+            return object_list(rng, args.max_objects)
+        return object_words(rng, args.max_objects) if kind == "words" else rng.choice(train)
 
     n_repeat = round(args.batch * args.repeat_fraction)
     n_text = round(args.batch * args.text_fraction)

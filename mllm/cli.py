@@ -56,13 +56,19 @@ def _pretrain_lm() -> tuple[type, Callable[[Any], Any]]:
     return LanguageConfig, run
 
 
+def _loss(value: float | None) -> str:
+    """A logged loss for a summary line; a stage shorter than one logging interval has none."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _train() -> tuple[type, Callable[[Any], Any]]:
     from mllm.train_stages.stages import TrainConfig
     from mllm.train_stages.vlm_trainer import train
 
     def run(cfg: TrainConfig) -> None:
         s = train(cfg)
-        stages = "; ".join(f"{x['stage']} loss {x['first_loss']:.3f} -> {x['final_loss']:.3f}" for x in s["stages"])
+        stages = "; ".join(f"{x['stage']} loss {_loss(x['first_loss'])} -> {_loss(x['final_loss'])}"
+                           for x in s["stages"])
         summary(f"train: {stages}; model -> {s['model']}")
 
     return TrainConfig, run

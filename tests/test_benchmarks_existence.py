@@ -113,3 +113,31 @@ def test_answer_source_probe_reads_each_yes_no_reply_by_turn(monkeypatch: pytest
     logits[1, yes] = 1.0  # predicts the first reply's "yes": right
     logits[7, yes] = 1.0  # picks "yes" where "no" is due: wrong
     assert probe.yes_no_picks(logits, labels, [(yes, no)]) == [(0, True, True), (2, False, True)]
+
+
+def test_sketch_scenes_name_every_object_of_each_shape_caption(tiny_world: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """sketch_lm.py's sketches come from the align captions: one (cell, colour, shape) per object stated."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    scenes = importlib.import_module("sketch_lm").scenes_of(tiny_world / "stage_data" / "align.json")
+    align = load_records(tiny_world / "stage_data" / "align.json")
+    captions = {r["image"]: r["conversations"][1]["value"] for r in align}
+    counts = {"One": 1, "Two": 2, "Three": 3, "Four": 4}
+    assert scenes
+    for image, objects in scenes.items():
+        caption = captions[image]
+        assert len(objects) == counts[caption.split()[0]], caption
+        assert len({cell for cell, _, _ in objects}) == len(objects)
+        for _, colour, shape in objects:
+            assert shape in SHAPES and f"{colour} {shape}." in caption
+    assert not any(c.startswith("A bar chart") for i, c in captions.items() if i in scenes)
+
+
+def test_collect_reads_sketch_lm_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS / "existence_device"))
+    log = tmp_path / "sketch_lm_fresh.log"
+    log.write_text("{'align': (2361, 262)}\nstep 0 (0.527, {'align': 6.531, 'instruct': 6.414})\n"
+                   "step 250 3.746 (0.5, {'align': 0.821, 'instruct': 0.718}) 27\n")
+    parsed = importlib.import_module("collect").sketch_log(log)
+    assert parsed == {"curve": [{"step": 250, "loss": 3.746, "held_out_pope_accuracy": 0.5,
+                                 "held_out_align_loss": 0.821, "held_out_instruct_loss": 0.718}], "last_step": 250}

@@ -184,6 +184,7 @@ class _DoubledMLP(MLPConnector):
     ("linear", "connector 'linear' has no LLaVA projector counterpart"),
     ("test_doubled_mlp", "connector 'test_doubled_mlp' has no LLaVA projector counterpart"),
     ("pixel_shuffle2x2", "connector 'pixel_shuffle2x2' has no LLaVA projector counterpart"),
+    ("ln_mlp2x_gelu", "connector 'ln_mlp2x_gelu' has no LLaVA projector counterpart"),
 ])
 def test_connectors_without_a_llava_counterpart_are_refused(tokenizer, tmp_path: Path, connector: str,
                                                            message: str) -> None:

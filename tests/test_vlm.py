@@ -34,7 +34,7 @@ def _prompt(tokenizer: object, model: VisionLanguageModel, text: str) -> list[in
     return encode_prompt(tokenizer, "<image>\n" + text, "chat", model.num_image_tokens)
 
 
-@pytest.mark.parametrize("name", ["linear", "mlp2x_gelu"])
+@pytest.mark.parametrize("name", ["linear", "mlp2x_gelu", "ln_mlp2x_gelu"])
 def test_connectors_map_vision_width_to_llm_width(name: str) -> None:
     connector = build_connector(name, 48, 80)
     assert isinstance(connector, Connector)
@@ -42,8 +42,22 @@ def test_connectors_map_vision_width_to_llm_width(name: str) -> None:
     assert connector.num_tokens(7) == 7
 
 
+def test_normed_connector_ignores_each_tokens_scale_and_offset() -> None:
+    """Residual-stream features of any scale (the OpenVision ViT's reach norms near 100) give the MLP the same
+    input: rescaling or shifting a token leaves the output unchanged, where the plain MLP's moves."""
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 48)
+    distorted = 80 * features + 12
+    normed, plain = build_connector("ln_mlp2x_gelu", 48, 80), build_connector("mlp2x_gelu", 48, 80)
+    torch.testing.assert_close(normed(distorted), normed(features), atol=1e-4, rtol=1e-4)
+    assert (plain(distorted) - plain(features)).abs().max() > 1.0
+    plain.load_state_dict({k: v for k, v in normed.state_dict().items() if not k.startswith("norm.")})
+    layer_normed = torch.nn.functional.layer_norm(features, (48,))
+    torch.testing.assert_close(normed(features), plain(layer_normed))
+
+
 def test_registry_errors_name_the_unknown_and_the_duplicate() -> None:
-    with pytest.raises(KeyError, match="unknown connector 'mlp3x'.*linear, mlp2x_gelu"):
+    with pytest.raises(KeyError, match="unknown connector 'mlp3x'.*linear, ln_mlp2x_gelu, mlp2x_gelu"):
         CONNECTORS.get("mlp3x")
     registry: Registry[int] = Registry("thing")
     registry.register("a")(1)

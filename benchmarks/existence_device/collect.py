@@ -1,5 +1,5 @@
 """Gather run.sh's logs (one folder per part) into one JSON: benchmark curves of the VLM stages, held-out
-accuracy curves of the probes, and where each job stopped.
+accuracy curves of the probes (and of sketch_lm.py), and where each job stopped. Also reads sketch_device/'s.
 
     python benchmarks/existence_device/collect.py --device "one H200" RESULT.json OUT_LONG [OUT_WARM ...]
 """
@@ -24,8 +24,8 @@ def stage_log(path: Path) -> dict:
             scores = dict(item.split(" ") for item in match.group(2).split(", "))
             curve.append({"step": int(match.group(1)), **{k.removeprefix("eval_"): float(v) for k, v in scores.items()
                                                           if k != "eval_mean"}})
-        elif line.startswith("train: "):
-            losses = line.removeprefix("train: ").split("; model")[0]
+        elif line.startswith(("train: ", "pretrain: ")):
+            losses = line.split(": ", 1)[1].split("; model")[0].split("; encoder")[0]
     return {"checks": curve, "stage_losses": losses or "unfinished"}
 
 
@@ -33,6 +33,18 @@ def probe_log(path: Path) -> dict:
     rows = [ast.literal_eval(line) for line in path.read_text().splitlines() if line.startswith("{'step'")]
     return {"curve": [{k: r[k] for k in ("step", "loss", "held_out_accuracy", "share_yes")} for r in rows],
             "last_step": rows[-1]["step"] if rows else 0}
+
+
+def sketch_log(path: Path) -> dict:
+    """sketch_lm.py's checks: "step N LOSS (POPE accuracy, {held-out losses}) SECONDS"."""
+    curve = []
+    for line in path.read_text().splitlines():
+        if line.startswith("step ") and not line.startswith("step 0 "):
+            step, loss, rest = line.split(" ", 3)[1:]
+            accuracy, losses = ast.literal_eval(rest.rsplit(" ", 1)[0])
+            curve.append({"step": int(step), "loss": float(loss), "held_out_pope_accuracy": accuracy,
+                          **{f"held_out_{k}_loss": v for k, v in losses.items()}})
+    return {"curve": curve, "last_step": curve[-1]["step"] if curve else 0}
 
 
 def lm_log(path: Path) -> dict:
@@ -53,6 +65,8 @@ def main() -> None:
             name = log.stem
             if name.startswith("probe"):
                 jobs[name] = probe_log(log)
+            elif name.startswith("sketch_lm"):
+                jobs[name] = sketch_log(log)
             elif name.endswith(".lm"):
                 jobs[name] = lm_log(log)
             else:

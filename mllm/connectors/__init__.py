@@ -51,6 +51,20 @@ class MLPConnector(Connector):
         return self.fc2(self.act(self.fc1(features)))
 
 
+@CONNECTORS.register("ln_mlp2x_gelu")
+class NormedMLPConnector(MLPConnector):
+    """LayerNorm -> Linear -> GELU -> Linear, as InternVL's projector. An encoder without a final norm on its
+    tokens (OpenVision's big_vision ViT) hands over residual-stream features whose scale and per-channel
+    offsets dwarf the LLM's embeddings; the norm lets the MLP learn from them at once."""
+
+    def __init__(self, vision_width: int, llm_width: int) -> None:
+        super().__init__(vision_width, llm_width)
+        self.norm = nn.LayerNorm(vision_width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.norm(features))
+
+
 @CONNECTORS.register("pixel_shuffle2x2")
 class PixelShuffleConnector(Connector):
     """Merges each 2x2 patch neighbourhood into one token (4x fewer image tokens), then Linear -> GELU -> Linear.

@@ -1,0 +1,185 @@
+"""Teach an LM to read scene sketches, so that a connector has a word-like target to learn.
+
+A pretrained LLM matches a question's word against its context whatever the context's form; the world's
+LM learns that skill only in the form it was taught (`soft_context_probe.py`: an LM answering "Is there a
+star?" about captions 82% of the time drops to chance when each object is one vector). A sketch puts the
+image's layout into the LM's own terms: nine vectors in the prompt's image positions, one per grid cell,
+each the sum of its object's colour and shape word embeddings (zero for an empty cell). This trains the LM
+on the world's align captions, instruction conversations and one-turn POPE questions about training scenes
+with their sketch where the image goes, beside the corpus and reading conversations (`--text`) and
+`RepeatedWords` (the rest), and reports every `--eval_every` steps, on 10% of the scenes held out: POPE
+accuracy (yes/no pick), and caption and instruction loss. Needs the world's `stage_data/existence_single.json`
+(`existence_device/prepare.py`). Then `mllm train --connector ln_mlp2x_gelu --llm.path SAVED` (the LM
+frozen in align) gives the connector a caption loss it can follow: each caption word is read off a cell.
+
+    python benchmarks/sketch_lm.py --init LM_OR_TOKENIZER [--fresh] --world runs/demo/world --steps 800 \
+        --save runs/sketch_lm
+
+`--fresh` starts a demo-sized LM from the tokenizer in `--init`. `sketch_device/run.sh` runs it on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import ConcatDataset, Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from mllm.data.conversation import IGNORE_INDEX
+from mllm.data.images import ImageConfig
+from mllm.data.llava_json import ConversationDataset, collate
+from mllm.llm import IMAGE_TOKEN
+from mllm.train_stages.language import LineCorpus, RepeatedWords
+from mllm.world.scene import POSITIONS
+
+REPO = Path(__file__).resolve().parents[1]
+CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"): a (?:small|large) (\w+) (\w+)\.",
+                  re.IGNORECASE)
+Scene = list[tuple[int, str, str]]  # (cell, colour, shape)
+
+
+def scenes_of(align: Path) -> dict[str, Scene]:
+    """Image path -> its objects, for the align captions of shape scenes (charts and signs left out)."""
+    out = {}
+    for record in json.loads(align.read_text()):
+        caption = record["conversations"][1]["value"]
+        if re.match(r"^\w+ objects?\.", caption) and "sign" not in caption and "written" not in caption:
+            out[record["image"]] = [(POSITIONS.index(p.lower()), c, s) for p, c, s in CELL.findall(caption)]
+    return out
+
+
+class SketchData:
+    """A LLaVA JSON file encoded for the LM, its shape-scene samples split into training and held-out."""
+
+    def __init__(self, path: Path, fmt: str, world: Path, tokenizer: object, held: set[str],
+                 scenes: dict[str, Scene]) -> None:
+        self.data = ConversationDataset(path, world / "images", tokenizer, ImageConfig(), fmt, 9, 256)
+        self.images = [str(Path(s.image).relative_to(world / "images")) if s.image else None
+                       for s in self.data.samples]
+        usable = [i for i, image in enumerate(self.images) if image in scenes]
+        self.train = [i for i in usable if self.images[i] not in held]
+        self.held_out = [i for i in usable if self.images[i] in held]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--init", type=Path, required=True, help="an LM folder, or a tokenizer with --fresh")
+    parser.add_argument("--fresh", action="store_true", help="a new demo-sized LM instead of --init's")
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sketch", type=float, default=0.5, help="share of each batch with a sketch")
+    parser.add_argument("--text", type=float, default=0.25, help="share of corpus and reading conversations")
+    parser.add_argument("--eval_every", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save", type=Path)
+    args = parser.parse_args()
+    if not (0 < args.sketch and args.sketch + args.text <= 1):
+        parser.error("--sketch must be > 0 and --sketch + --text <= 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng, device, world = random.Random(0), torch.device(args.device), args.world
+    tokenizer = AutoTokenizer.from_pretrained(args.init)
+    if args.fresh:
+        size = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"]
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
+            num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
+            num_key_value_heads=size["num_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.init)
+    model.to(device)
+    embed, image_id = model.get_input_embeddings(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    scenes = scenes_of(world / "stage_data" / "align.json")
+    keys = sorted(scenes)
+    random.Random(1).shuffle(keys)
+    held = set(keys[: len(keys) // 10])
+    sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes)
+            for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
+                                    ("existence", "existence_single.json", "chat"))}
+
+    def word(text: str) -> list[int]:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+    def sketch(image: str) -> torch.Tensor:
+        cells = torch.zeros(9, embed.embedding_dim, device=device)
+        for cell, colour, shape in scenes[image]:
+            cells[cell] = embed(torch.tensor(word(colour) + word(shape), device=device)).sum(0)
+        return cells
+
+    def sketch_batch(name: str, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        data = sets[name]
+        items = [{k: v for k, v in data.data[i].items() if k != "pixel_values"} for i in indices]
+        batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id).items()}
+        sketches = torch.cat([sketch(data.images[i]) for i in indices])
+        embeds = embed(batch["input_ids"]).masked_scatter((batch["input_ids"] == image_id).unsqueeze(-1), sketches)
+        return embeds, batch
+
+    def sketch_loss(name: str, indices: list[int]) -> torch.Tensor:
+        embeds, batch = sketch_batch(name, indices)
+        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+    def text_loss(documents: Dataset, size: int) -> torch.Tensor:
+        batch = collate([documents[rng.randrange(len(documents))] for _ in range(size)], tokenizer.pad_token_id)
+        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
+
+    @torch.no_grad()
+    def evaluate() -> tuple[float, dict[str, float]]:
+        model.eval()
+        right = total = 0
+        held_out = sets["existence"].held_out
+        for start in range(0, len(held_out), 64):
+            embeds, batch = sketch_batch("existence", held_out[start : start + 64])
+            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+            for row in range(logits.shape[0]):
+                answer = int((batch["labels"][row] != IGNORE_INDEX).nonzero()[0, 0])
+                pick = yes if logits[row, answer - 1, yes] > logits[row, answer - 1, no] else no
+                right += pick == int(batch["labels"][row, answer])
+                total += 1
+        losses = {name: round(sketch_loss(name, sets[name].held_out[:128]).item(), 3) for name in ("align", "instruct")}
+        model.train()
+        return round(right / total, 3), losses
+
+    corpus = ConcatDataset([LineCorpus(world / "text" / "corpus.txt", tokenizer, 256),
+                            ConversationDataset(world / "text" / "reading.json", None, tokenizer, ImageConfig(),
+                                                "chat", 0, 256)])
+    repeats = RepeatedWords.from_corpus(world / "text" / "corpus.txt", tokenizer, count=args.batch * args.steps, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    n_sketch, n_text = round(args.batch * args.sketch), round(args.batch * args.text)
+    n_repeat = args.batch - n_sketch - n_text
+    print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
+    print("step 0", evaluate(), flush=True)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        name = rng.choice(list(sets))
+        loss = sketch_loss(name, rng.sample(sets[name].train, n_sketch))
+        if n_text:
+            loss = loss + text_loss(corpus, n_text)
+        if n_repeat:
+            loss = loss + text_loss(repeats, n_repeat)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % args.eval_every == 0:
+            print("step", step, round(loss.item(), 3), evaluate(), round(time.time() - start), flush=True)
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+
+
+if __name__ == "__main__":
+    main()
