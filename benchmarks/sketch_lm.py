@@ -15,7 +15,8 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
     python benchmarks/sketch_lm.py --init LM_OR_TOKENIZER [--fresh] --world runs/demo/world --steps 800 \
         --save runs/sketch_lm
 
-`--fresh` starts a demo-sized LM from the tokenizer in `--init`. `sketch_device/run.sh` runs it on a GPU.
+`--fresh` starts a demo-sized LM from the tokenizer in `--init`; `--existence_weight` makes POPE questions
+more (or less) of the sketch steps than a third. `sketch_device/run.sh` runs it on a GPU.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sketch", type=float, default=0.5, help="share of each batch with a sketch")
     parser.add_argument("--text", type=float, default=0.25, help="share of corpus and reading conversations")
+    parser.add_argument("--existence_weight", type=float, default=1 / 3,
+                        help="chance that a step's sketch share is POPE questions (else align or instruct alike)")
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -160,11 +163,13 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     n_sketch, n_text = round(args.batch * args.sketch), round(args.batch * args.text)
     n_repeat = args.batch - n_sketch - n_text
+    share = (1 - args.existence_weight) / 2
+    weights = None if abs(args.existence_weight - 1 / 3) < 1e-9 else [share, share, args.existence_weight]
     print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
     print("step 0", evaluate(), flush=True)
     start = time.time()
     for step in range(1, args.steps + 1):
-        name = rng.choice(list(sets))
+        name = rng.choice(list(sets)) if weights is None else rng.choices(list(sets), weights)[0]
         loss = sketch_loss(name, rng.sample(sets[name].train, n_sketch))
         if n_text:
             loss = loss + text_loss(corpus, n_text)
