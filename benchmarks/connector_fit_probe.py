@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 from report import report, stamp
+from sketch_lm import CELL, caption_cells, sketch, words_vector
 
 from mllm.connectors import build_connector
 from mllm.vlm import VisionLanguageModel
 from mllm.world.scene import POSITIONS, SHAPES
-
-CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"): a (?:small|large) (\w+) (\w+)\.",
-                  re.IGNORECASE)
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -50,10 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = VisionLanguageModel.from_pretrained(args.model)
-    table = model.llm.get_input_embeddings().weight.detach()
-
-    def embed(word: str) -> torch.Tensor:
-        return table[tokenizer(" " + word, add_special_tokens=False)["input_ids"]].sum(0)
+    embed = model.llm.get_input_embeddings()
 
     records = [r for r in json.loads((args.world / "stage_data" / "align.json").read_text())
                if CELL.search(r["conversations"][1]["value"])]
@@ -64,22 +58,24 @@ def main() -> None:
             pixels, _, _ = model.preprocess_images([Image.open(args.world / "images" / r["image"]) for r in chunk])
             features.append(model.tower(pixels))
             for record in chunk:
-                cells, names = torch.zeros(len(POSITIONS), table.shape[1]), [""] * len(POSITIONS)
-                for position, colour, shape in CELL.findall(record["conversations"][1]["value"]):
-                    k = POSITIONS.index(position.lower())
-                    cells[k] = embed(shape) + (embed(colour) if args.target == "colour_shape" else 0)
-                    names[k] = shape
-                targets.append(cells)
+                objects = caption_cells(record["conversations"][1]["value"])
+                targets.append(sketch(embed, tokenizer, {cell: (colour, shape) if args.target == "colour_shape"
+                                                         else (shape,) for cell, colour, shape in objects}))
+                names = [""] * len(POSITIONS)
+                for cell, _, shape in objects:
+                    names[cell] = shape
                 shapes.append(names)
     x, y = torch.cat(features), torch.stack(targets)
     if x.shape[1] != len(POSITIONS):
         raise ValueError(f"the tower gives {x.shape[1]} tokens per image, not one per grid cell")
     train = int(0.9 * len(x))
-    shape_table = torch.nn.functional.normalize(torch.stack([embed(s) for s in SHAPES]), dim=1)
+    with torch.no_grad():
+        shape_table = torch.nn.functional.normalize(torch.stack([words_vector(embed, tokenizer, [s]) for s in SHAPES]),
+                                                    dim=1)
     objects = [(i, k) for i in range(train, len(x)) for k in range(len(POSITIONS)) if shapes[i][k]]
     results = {}
     for name in args.connectors:
-        connector = build_connector(name, x.shape[-1], table.shape[1])
+        connector = build_connector(name, x.shape[-1], embed.embedding_dim)
         optimizer = torch.optim.Adam(connector.parameters(), lr=args.lr)
         for _ in range(args.steps):
             batch = torch.randint(0, train, (args.batch,))

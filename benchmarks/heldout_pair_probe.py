@@ -22,6 +22,7 @@ import io
 import random
 from pathlib import Path
 
+import sketch_lm
 import torch
 from PIL import Image
 from report import report, stamp
@@ -116,10 +117,7 @@ def yes_no(model: VisionLanguageModel, tok: PreTrainedTokenizerBase, asked: list
         ids, labels = encode_conversation(tok, conv, "chat", model.num_image_tokens, 256)
         ids = torch.tensor([ids])
         if sketch:
-            cells = torch.zeros(9, table.embedding_dim, dtype=table.weight.dtype)
-            for s in scene.shapes:
-                words = [i for w in (s.colour, s.shape) for i in tok(" " + w, add_special_tokens=False)["input_ids"]]
-                cells[s.cell] = table(torch.tensor(words)).sum(0)
+            cells = sketch_lm.sketch(table, tok, {s.cell: (s.colour, s.shape) for s in scene.shapes})
             embeds = table(ids).masked_scatter((ids == model.image_token_id).unsqueeze(-1), cells)
         else:
             embeds = model.embed(ids, model.preprocess_images([image])[0])

@@ -26,10 +26,12 @@ import json
 import random
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -46,13 +48,32 @@ CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"
 Scene = list[tuple[int, str, str]]  # (cell, colour, shape)
 
 
+def caption_cells(caption: str) -> Scene:
+    """(cell, colour, shape) of every object a dense caption places ("Top left: a small red star.")."""
+    return [(POSITIONS.index(p.lower()), c, s) for p, c, s in CELL.findall(caption)]
+
+
 def scenes_of(align: Path) -> dict[str, Scene]:
     """Image path -> its objects, for the align captions of shape scenes (charts and signs left out)."""
     out = {}
     for record in json.loads(align.read_text()):
         caption = record["conversations"][1]["value"]
         if re.match(r"^\w+ objects?\.", caption) and "sign" not in caption and "written" not in caption:
-            out[record["image"]] = [(POSITIONS.index(p.lower()), c, s) for p, c, s in CELL.findall(caption)]
+            out[record["image"]] = caption_cells(caption)
+    return out
+
+
+def words_vector(embed: nn.Embedding, tokenizer: object, words: Sequence[str]) -> torch.Tensor:
+    """The sum of the input embeddings of `words`, each tokenised with its leading space."""
+    ids = [i for word in words for i in tokenizer(" " + word, add_special_tokens=False)["input_ids"]]
+    return embed(torch.tensor(ids, device=embed.weight.device)).sum(0)
+
+
+def sketch(embed: nn.Embedding, tokenizer: object, cells: Mapping[int, Sequence[str]]) -> torch.Tensor:
+    """A scene's sketch: nine vectors, one per grid cell, the words_vector of the cell's words, zero when empty."""
+    out = torch.zeros(9, embed.embedding_dim, device=embed.weight.device, dtype=embed.weight.dtype)
+    for cell, words in cells.items():
+        out[cell] = words_vector(embed, tokenizer, words)
     return out
 
 
@@ -112,20 +133,14 @@ def main() -> None:
             for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
                                     ("existence", "existence_single.json", "chat"))}
 
-    def word(text: str) -> list[int]:
-        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-
-    def sketch(image: str) -> torch.Tensor:
-        cells = torch.zeros(9, embed.embedding_dim, device=device)
-        for cell, colour, shape in scenes[image]:
-            cells[cell] = embed(torch.tensor(word(colour) + word(shape), device=device)).sum(0)
-        return cells
-
     def sketch_batch(name: str, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Encoded samples (their images are never read: the sketch stands in for them) and their embeddings."""
         data = sets[name]
-        items = [{k: v for k, v in data.data[i].items() if k != "pixel_values"} for i in indices]
+        items = [{"input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels)}
+                 for s in (data.data.samples[i] for i in indices)]
         batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id).items()}
-        sketches = torch.cat([sketch(data.images[i]) for i in indices])
+        sketches = torch.cat([sketch(embed, tokenizer, {cell: (colour, shape) for cell, colour, shape
+                                                        in scenes[data.images[i]]}) for i in indices])
         embeds = embed(batch["input_ids"]).masked_scatter((batch["input_ids"] == image_id).unsqueeze(-1), sketches)
         return embeds, batch
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from report import report, stamp
+from sketch_lm import sketch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mllm.data.conversation import encode_prompt
@@ -57,18 +58,13 @@ def main() -> None:
     embed, image_id = model.get_input_embeddings(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     holdout, rng = Holdout.sample(0), random.Random(args.seed)
 
-    def word(text: str) -> list[int]:
-        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
-
     rows: dict[str, list[dict]] = {f: [] for f in FAMILIES}
     sketches: dict[str, list[torch.Tensor]] = {f: [] for f in FAMILIES}
     index = 0
     with torch.no_grad():
         while min(len(r) for r in rows.values()) < args.rows:
             scene = sample_scene(rng, "objects", holdout, held_out=not args.seen)
-            cells = torch.zeros(9, embed.embedding_dim)
-            for shape in scene.shapes:
-                cells[shape.cell] = embed(torch.tensor(word(shape.colour) + word(shape.shape))).sum(0)
+            cells = sketch(embed, tokenizer, {s.cell: (s.colour, s.shape) for s in scene.shapes})
             for family in FAMILIES:
                 for row in rows_of(family, scene, index, rng):
                     rows[family].append(row)

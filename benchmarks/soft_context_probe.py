@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 from lm_existence_probe import SUFFIX, world_captions
 from report import report, stamp
+from sketch_lm import caption_cells, sketch, words_vector
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mllm.world.scene import COLOURS, POSITIONS, SHAPES
+from mllm.world.scene import COLOURS, SHAPES
 
 OBJECT = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
-CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"): a (?:small|large) (\w+) (\w+)\.",
-                  re.IGNORECASE)
 
 
 def main() -> None:
@@ -39,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.lm)
     model = AutoModelForCausalLM.from_pretrained(args.lm).eval()
-    table = model.get_input_embeddings().weight.detach()
+    embed = model.get_input_embeddings()
+    table = embed.weight.detach()
     captions = world_captions(args.world)
     random.Random(0).shuffle(captions)
     captions = [c for c in captions[: args.captions] if OBJECT.search(c)]
@@ -52,13 +52,11 @@ def main() -> None:
         return table[ids(text)]
 
     def one(words: list[str]) -> torch.Tensor:
-        return sum(vectors(" " + w).sum(0) for w in words)
+        return words_vector(embed, tokenizer, words)
 
     def grid(caption: str, with_colour: bool) -> torch.Tensor:
-        cells = torch.zeros(9, table.shape[1])
-        for position, colour, shape in CELL.findall(caption):
-            cells[POSITIONS.index(position.lower())] = one([colour, shape] if with_colour else [shape])
-        return cells
+        return sketch(embed, tokenizer, {cell: (colour, shape) if with_colour else (shape,)
+                                         for cell, colour, shape in caption_cells(caption)})
 
     forms: dict[str, Callable[[str, list[tuple[str, str]]], torch.Tensor]] = {
         "caption_text": lambda cap, objs: vectors(cap),

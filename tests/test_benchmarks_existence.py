@@ -141,3 +141,20 @@ def test_collect_reads_sketch_lm_checks(tmp_path: Path, monkeypatch: pytest.Monk
     parsed = importlib.import_module("collect").sketch_log(log)
     assert parsed == {"curve": [{"step": 250, "loss": 3.746, "held_out_pope_accuracy": 0.5,
                                  "held_out_align_loss": 0.821, "held_out_instruct_loss": 0.718}], "last_step": 250}
+
+
+def test_a_sketch_sums_each_cells_word_embeddings_and_leaves_empty_cells_zero(
+        tiny_world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sketch_lm = importlib.import_module("sketch_lm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_world / "tokenizer")
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(len(tokenizer), 8)
+    cells = sketch_lm.sketch(embed, tokenizer, {0: ("red", "star"), 4: ("ring",)})
+    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ("red", "star", "ring")]
+    assert cells.shape == (9, 8)
+    torch.testing.assert_close(cells[0], embed.weight[ids[0] + ids[1]].sum(0))
+    torch.testing.assert_close(cells[4], embed.weight[ids[2]].sum(0))
+    assert not cells[[1, 2, 3, 5, 6, 7, 8]].any()
