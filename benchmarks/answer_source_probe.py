@@ -11,6 +11,8 @@ as the second question of a yes/no pair can be from the first.
         --out benchmarks/results/answer_source_existence_stage.json
 
 `--pope runs/demo/world/benchmarks/pope.parquet` asks the benchmark's own rows instead (one-turn, its prompt).
+`--any_answer` scores every reply instead, by whether the model's most likely first token is the reply's
+(open answers such as a sign's word: `reading_probe.py --stage_data` writes such a set).
 """
 
 from __future__ import annotations
@@ -62,12 +64,19 @@ def yes_no_picks(logits: torch.Tensor, labels: torch.Tensor,
     return out
 
 
+def first_token_picks(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, bool, bool]]:
+    """(turn index, right, False) for every reply: is the most likely first token the reply's?"""
+    starts = [t for t in range(1, labels.shape[0]) if labels[t] != IGNORE_INDEX and labels[t - 1] == IGNORE_INDEX]
+    return [(turn, bool(logits[t - 1].argmax() == labels[t]), False) for turn, t in enumerate(starts)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--images", type=Path)
     parser.add_argument("--pope", type=Path, help="a POPE benchmark parquet, instead of --data and --images")
+    parser.add_argument("--any_answer", action="store_true", help="score every reply's first token, not yes/no")
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path)
@@ -93,10 +102,13 @@ def main() -> None:
                 pixels = batch["pixel_values"] if mode == "own_image" else batch["pixel_values"].roll(1, 0)
                 logits = model(batch["input_ids"], batch["attention_mask"], pixels).logits
                 for row in range(len(logits)):
-                    for turn, right, picked_yes in yes_no_picks(logits[row], batch["labels"][row], pairs):
+                    picks = (first_token_picks(logits[row], batch["labels"][row]) if args.any_answer
+                             else yes_no_picks(logits[row], batch["labels"][row], pairs))
+                    for turn, right, picked_yes in picks:
                         tally[turn].update(n=1, right=int(right), yes=int(picked_yes))
     by_turn = {mode: {str(turn): {"replies": c["n"], "accuracy": round(c["right"] / c["n"], 4),
-                                  "share_yes": round(c["yes"] / c["n"], 4)} for turn, c in sorted(tally.items())}
+                                  **({} if args.any_answer else {"share_yes": round(c["yes"] / c["n"], 4)})}
+                      for turn, c in sorted(tally.items())}
                for mode, tally in tallies.items()}
     scratch.cleanup()
     report({**stamp(), "model": str(args.model), "data": str(args.pope or args.data), "conversations": len(chosen),

@@ -16,7 +16,8 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
         --save runs/sketch_lm
 
 `--fresh` starts a demo-sized LM from the tokenizer in `--init`; `--existence_weight` makes POPE questions
-more (or less) of the sketch steps than a third. `sketch_device/run.sh` runs it on a GPU.
+more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the word in its row).
+`sketch_device/run.sh` runs it on a GPU.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import IMAGE_TOKEN
 from mllm.train_stages.language import LineCorpus, RepeatedWords
 from mllm.world.scene import POSITIONS
+from mllm.world.scene import Scene as WorldScene
 
 REPO = Path(__file__).resolve().parents[1]
 CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"): a (?:small|large) (\w+) (\w+)\.",
                   re.IGNORECASE)
+SIGN = re.compile(r"(Top|Middle|Bottom): the (?:word|number) (\w+) in (\w+)\.")
 Scene = list[tuple[int, str, str]]  # (cell, colour, shape)
+Cells = dict[int, tuple[str, ...]]  # grid cell -> the words its sketch vector sums
 
 
 def caption_cells(caption: str) -> Scene:
@@ -53,14 +57,35 @@ def caption_cells(caption: str) -> Scene:
     return [(POSITIONS.index(p.lower()), c, s) for p, c, s in CELL.findall(caption)]
 
 
-def scenes_of(align: Path) -> dict[str, Scene]:
-    """Image path -> its objects, for the align captions of shape scenes (charts and signs left out)."""
+def scenes_of(align: Path, signs: bool = False) -> dict[str, Cells]:
+    """Image path -> the words of each cell of its sketch, read off the align captions: each object's colour
+    and shape. Charts are left out; so are signs' words unless `signs`, which puts the word (a number's
+    digits) and its colour in every cell of its row and takes in scenes that hold nothing but the sign."""
     out = {}
     for record in json.loads(align.read_text()):
         caption = record["conversations"][1]["value"]
-        if re.match(r"^\w+ objects?\.", caption) and "sign" not in caption and "written" not in caption:
-            out[record["image"]] = caption_cells(caption)
+        if signs and caption.startswith("A bar chart"):
+            continue
+        if not signs and not (re.match(r"^\w+ objects?\.", caption) and "sign" not in caption
+                              and "written" not in caption):
+            continue
+        cells: Cells = {cell: (colour, shape) for cell, colour, shape in caption_cells(caption)}
+        for row, text, colour in SIGN.findall(caption) if signs else []:
+            words = tuple(text) if text.isdigit() else (text,)
+            first = 3 * ("Top", "Middle", "Bottom").index(row)
+            cells.update({cell: (*words, colour) for cell in range(first, first + 3)})
+        out[record["image"]] = cells
     return out
+
+
+def cells_of(scene: WorldScene) -> Cells:
+    """A drawn scene's sketch cells, as `scenes_of(..., signs=True)` reads them off its caption."""
+    cells: Cells = {shape.cell: (shape.colour, shape.shape) for shape in scene.shapes}
+    if scene.text is not None:
+        text = scene.text.text
+        words = tuple(text) if text.isdigit() else (text,)
+        cells.update({cell: (*words, scene.text.colour) for cell in range(3 * scene.text.row, 3 * scene.text.row + 3)})
+    return cells
 
 
 def words_vector(embed: nn.Embedding, tokenizer: object, words: Sequence[str]) -> torch.Tensor:
@@ -81,7 +106,7 @@ class SketchData:
     """A LLaVA JSON file encoded for the LM, its shape-scene samples split into training and held-out."""
 
     def __init__(self, path: Path, fmt: str, world: Path, tokenizer: object, held: set[str],
-                 scenes: dict[str, Scene]) -> None:
+                 scenes: dict[str, Cells]) -> None:
         self.data = ConversationDataset(path, world / "images", tokenizer, ImageConfig(), fmt, 9, 256)
         self.images = [str(Path(s.image).relative_to(world / "images")) if s.image else None
                        for s in self.data.samples]
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--text", type=float, default=0.25, help="share of corpus and reading conversations")
     parser.add_argument("--existence_weight", type=float, default=1 / 3,
                         help="chance that a step's sketch share is POPE questions (else align or instruct alike)")
+    parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -125,7 +151,7 @@ def main() -> None:
     model.to(device)
     embed, image_id = model.get_input_embeddings(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
-    scenes = scenes_of(world / "stage_data" / "align.json")
+    scenes = scenes_of(world / "stage_data" / "align.json", args.signs)
     keys = sorted(scenes)
     random.Random(1).shuffle(keys)
     held = set(keys[: len(keys) // 10])
@@ -139,8 +165,7 @@ def main() -> None:
         items = [{"input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels)}
                  for s in (data.data.samples[i] for i in indices)]
         batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id).items()}
-        sketches = torch.cat([sketch(embed, tokenizer, {cell: (colour, shape) for cell, colour, shape
-                                                        in scenes[data.images[i]]}) for i in indices])
+        sketches = torch.cat([sketch(embed, tokenizer, scenes[data.images[i]]) for i in indices])
         embeds = embed(batch["input_ids"]).masked_scatter((batch["input_ids"] == image_id).unsqueeze(-1), sketches)
         return embeds, batch
 

@@ -7,6 +7,8 @@ and benchmark, `--rows` per benchmark) with the benchmark's prompt, puts the sce
 goes (`sketch_lm.py`: per grid cell the sum of its colour and shape word embeddings, zero when empty), lets
 the LM answer greedily and scores the answers as the benchmark does. The figures are the LM's ceiling with
 a connector that reproduced the sketch exactly; compare them with the chance levels of the demo table.
+`--signs` also draws sign scenes and asks TextVQA's and OCRBench's questions about them, the word (a
+number's digits) and its colour in every cell of its row (`sketch_lm.py --signs`).
 
     python benchmarks/sketch_oracle_probe.py --lm runs/sketch_lm --out RESULT.json
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 from report import report, stamp
-from sketch_lm import sketch
+from sketch_lm import cells_of, sketch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mllm.data.conversation import encode_prompt
@@ -30,6 +32,7 @@ from mllm.world import language
 from mllm.world.scene import SHAPES, Holdout, Scene, sample_scene
 
 FAMILIES = ("mme", "seed", "sqa_img", "gqa", "pope")
+SIGN_FAMILIES = ("textvqa", "ocrbench")
 
 
 def rows_of(family: str, scene: Scene, index: int, rng: random.Random) -> list[dict]:
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--lm", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=120)
     parser.add_argument("--seen", action="store_true", help="training-like scenes instead of benchmark-like ones")
+    parser.add_argument("--signs", action="store_true", help="also TextVQA and OCRBench, about sign scenes")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -58,20 +62,22 @@ def main() -> None:
     embed, image_id = model.get_input_embeddings(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     holdout, rng = Holdout.sample(0), random.Random(args.seed)
 
-    rows: dict[str, list[dict]] = {f: [] for f in FAMILIES}
-    sketches: dict[str, list[torch.Tensor]] = {f: [] for f in FAMILIES}
+    families = FAMILIES + (SIGN_FAMILIES if args.signs else ())
+    rows: dict[str, list[dict]] = {f: [] for f in families}
+    sketches: dict[str, list[torch.Tensor]] = {f: [] for f in families}
     index = 0
     with torch.no_grad():
         while min(len(r) for r in rows.values()) < args.rows:
-            scene = sample_scene(rng, "objects", holdout, held_out=not args.seen)
-            cells = sketch(embed, tokenizer, {s.cell: (s.colour, s.shape) for s in scene.shapes})
-            for family in FAMILIES:
+            kind = "sign" if args.signs and index % 2 else "objects"
+            scene = sample_scene(rng, kind, holdout, held_out=not args.seen)
+            cells = sketch(embed, tokenizer, cells_of(scene))
+            for family in SIGN_FAMILIES if kind == "sign" else FAMILIES:
                 for row in rows_of(family, scene, index, rng):
                     rows[family].append(row)
                     sketches[family].append(cells)
             index += 1
         scores, answers_seen = {}, {}
-        for family in FAMILIES:
+        for family in families:
             answers = []
             for row, cells in zip(rows[family], sketches[family], strict=True):
                 ids = torch.tensor([encode_prompt(tokenizer, "<image>\n" + build_prompt(family, row), "chat", 9)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -117,20 +118,39 @@ def test_answer_source_probe_reads_each_yes_no_reply_by_turn(monkeypatch: pytest
 
 def test_sketch_scenes_name_every_object_of_each_shape_caption(tiny_world: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """sketch_lm.py's sketches come from the align captions: one (cell, colour, shape) per object stated."""
+    """sketch_lm.py's sketches come from the align captions: one cell of (colour, shape) per object stated."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     scenes = importlib.import_module("sketch_lm").scenes_of(tiny_world / "stage_data" / "align.json")
     align = load_records(tiny_world / "stage_data" / "align.json")
     captions = {r["image"]: r["conversations"][1]["value"] for r in align}
     counts = {"One": 1, "Two": 2, "Three": 3, "Four": 4}
     assert scenes
-    for image, objects in scenes.items():
+    for image, cells in scenes.items():
         caption = captions[image]
-        assert len(objects) == counts[caption.split()[0]], caption
-        assert len({cell for cell, _, _ in objects}) == len(objects)
-        for _, colour, shape in objects:
+        assert len(cells) == counts[caption.split()[0]], caption
+        for colour, shape in cells.values():
             assert shape in SHAPES and f"{colour} {shape}." in caption
     assert not any(c.startswith("A bar chart") for i, c in captions.items() if i in scenes)
+
+
+def test_sketch_scenes_with_signs_put_the_word_in_every_cell_of_its_row(tiny_world: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sketch_lm = importlib.import_module("sketch_lm")
+    align = tiny_world / "stage_data" / "align.json"
+    shapes_only, scenes = sketch_lm.scenes_of(align), sketch_lm.scenes_of(align, signs=True)
+    captions = {r["image"]: r["conversations"][1]["value"] for r in load_records(align)}
+    signs = {image: sketch_lm.SIGN.search(captions[image]) for image in scenes}
+    assert any(signs.values()) and set(shapes_only) < set(scenes)
+    for image, match in signs.items():
+        if match is None:
+            assert scenes[image] == shapes_only[image]
+            continue
+        row, text, colour = match.groups()
+        words = tuple(text) if text.isdigit() else (text,)
+        first = 3 * ("Top", "Middle", "Bottom").index(row)
+        assert all(scenes[image][cell] == (*words, colour) for cell in range(first, first + 3)), captions[image]
+        assert len(scenes[image]) == 3 + captions[image].count(": a "), captions[image]
 
 
 def test_collect_reads_sketch_lm_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,3 +178,44 @@ def test_a_sketch_sums_each_cells_word_embeddings_and_leaves_empty_cells_zero(
     torch.testing.assert_close(cells[0], embed.weight[ids[0] + ids[1]].sum(0))
     torch.testing.assert_close(cells[4], embed.weight[ids[2]].sum(0))
     assert not cells[[1, 2, 3, 5, 6, 7, 8]].any()
+
+
+def test_answer_source_probe_scores_the_first_token_of_every_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("answer_source_probe")
+    labels = torch.tensor([-100, -100, 5, 1, -100, 7, 2, -100, 6, 1])
+    logits = torch.zeros(10, 8)
+    logits[1, 5] = 1.0  # first reply's first token: right
+    logits[4, 3] = 1.0  # second reply starts with 7, the model prefers 3: wrong
+    logits[7, 6] = 1.0  # third reply: right
+    assert probe.first_token_picks(logits, labels) == [(0, True, False), (1, False, False), (2, True, False)]
+
+
+def test_reading_stage_data_is_every_reading_question_as_one_turn(tiny_world: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("reading_probe")
+    world = tmp_path / "world"  # a copy: the shared tiny world stays as `mllm world` wrote it
+    (world / "stage_data").mkdir(parents=True)
+    shutil.copy(tiny_world / "stage_data" / "instruct.json", world / "stage_data")
+    instruct = load_records(world / "stage_data" / "instruct.json")
+    asked = [(r["image"], r["conversations"][k]["value"].replace("<image>\n", ""), r["conversations"][k + 1]["value"])
+             for r in instruct for k in range(0, len(r["conversations"]), 2)]
+    expected = [(image, q, a) for image, q, a in asked if probe.READING.search(q)]
+    assert probe.write_stage_data(world) == len(expected) > 0
+    written = load_records(world / "stage_data" / "reading_single.json")
+    assert [(r["image"], r["conversations"][0]["value"], r["conversations"][1]["value"]) for r in written] == [
+        (image, "<image>\n" + q, a) for image, q, a in expected]
+    assert {q.split("\n")[0].lower() for _, q, _ in expected} <= {
+        "what is written in the image?", "what word is written in the image?", "what does the sign say?",
+        "what number is written in the image?"}
+
+
+def test_reading_probe_views_of_a_sign_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("reading_probe")
+    rows = torch.arange(2 * 3 * 4, dtype=torch.float).view(2, 3, 4)  # two signs, three cells, width 4
+    assert torch.equal(probe.view(rows, "row"), rows.flatten(1))
+    assert torch.equal(probe.view(rows, "mean"), rows.mean(1))
+    for i, name in enumerate(("left", "middle", "right")):
+        assert torch.equal(probe.view(rows, name), rows[:, i])
