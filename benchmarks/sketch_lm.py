@@ -15,9 +15,9 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
     python benchmarks/sketch_lm.py --init LM_OR_TOKENIZER [--fresh] --world runs/demo/world --steps 800 \
         --save runs/sketch_lm
 
-`--fresh` starts a demo-sized LM from the tokenizer in `--init`; `--existence_weight` makes POPE questions
-more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the word in its row).
-`sketch_device/run.sh` runs it on a GPU.
+`--fresh` starts a demo-sized LM (`--size` overrides it) from the tokenizer in `--init`; `--existence_weight`
+makes POPE questions more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the
+word in its row). `sketch_device/run.sh` runs it on a GPU.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--init", type=Path, required=True, help="an LM folder, or a tokenizer with --fresh")
     parser.add_argument("--fresh", action="store_true", help="a new demo-sized LM instead of --init's")
+    parser.add_argument("--size", type=json.loads, default={},
+                        help='overrides of the --fresh LM size, e.g. \'{"hidden_size": 256, "num_layers": 4}\'')
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch", type=int, default=32)
@@ -135,12 +137,15 @@ def main() -> None:
     args = parser.parse_args()
     if not (0 < args.sketch and args.sketch + args.text <= 1):
         parser.error("--sketch must be > 0 and --sketch + --text <= 1")
+    if args.size and not args.fresh:
+        parser.error("--size sets the size of a --fresh LM")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng, device, world = random.Random(0), torch.device(args.device), args.world
     tokenizer = AutoTokenizer.from_pretrained(args.init)
     if args.fresh:
-        size = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"]
+        size = {**yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"], **args.size}
+        size["num_kv_heads"] = args.size.get("num_kv_heads", size["num_heads"])
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
             num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],

@@ -6,8 +6,11 @@
 #         encoder, and a fresh LM taught sketches from scratch (2,500 steps) then frozen.
 #   more: gentle at the demo's budget (OV2 and random encoder), gentle on the random encoder, and 6,000
 #         instruction steps at LM learning rate 1e-4 and 3e-4.
-# Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py); then
-#   benchmarks/sketch_device/run.sh main|more OUT
+#   sweep: eight fresh sketch LMs (--signs, 2,500 steps), the default curriculum and one change each
+#         (existence weight, learning rate, LM size, depth, repeat share, batch): which takes off first?
+# Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
+# the LM nor the encoder); then
+#   benchmarks/sketch_device/run.sh main|more|sweep OUT
 #   python benchmarks/existence_device/collect.py --device "one H200" RESULT.json OUT_MAIN OUT_MORE
 set -uo pipefail
 part=${1:?main or more}; out=${2:?output folder}; limit=${LIMIT:-440}
@@ -42,7 +45,22 @@ elif [ "$part" = more ]; then
   timeout "$limit" bash -c 'train random_lm gentle.yaml --encoder.random_init true' &
   timeout "$limit" bash -c 'train long_lm3e4 gentle_long_3e-4.yaml' &
   timeout "$limit" bash -c 'train long_lm1e4 gentle_long_1e-4.yaml' &
+elif [ "$part" = sweep ]; then
+  fresh() {  # name [sketch_lm.py options...]
+    local name=$1; shift
+    python benchmarks/sketch_lm.py --init "$world/tokenizer" --fresh --signs --world "$world" --device "$device" \
+      --steps "${LM_STEPS:-2500}" --eval_every 250 "$@" > "$out/sketch_lm_$name.log" 2>&1
+  }
+  export -f fresh
+  timeout "$limit" bash -c 'fresh default' &
+  timeout "$limit" bash -c 'fresh existence_0.67 --existence_weight 0.67' &
+  timeout "$limit" bash -c 'fresh lr_2e-3 --lr 2e-3' &
+  timeout "$limit" bash -c 'fresh lr_3e-3_existence_0.67 --lr 3e-3 --existence_weight 0.67' &
+  timeout "$limit" bash -c 'fresh 256x4 --size "{\"hidden_size\": 256, \"num_layers\": 4, \"num_heads\": 4, \"intermediate_size\": 704}"' &
+  timeout "$limit" bash -c 'fresh 2_layers_6_heads --size "{\"num_layers\": 2, \"num_heads\": 6}"' &
+  timeout "$limit" bash -c 'fresh repeats_0.5 --sketch 0.5 --text 0' &
+  timeout "$limit" bash -c 'fresh batch_64 --batch 64' &
 else
-  echo "unknown part $part: main or more" >&2; exit 2
+  echo "unknown part $part: main, more or sweep" >&2; exit 2
 fi
 wait
