@@ -6,8 +6,11 @@
 #         encoder, and a fresh LM taught sketches from scratch (2,500 steps) then frozen.
 #   more: gentle at the demo's budget (OV2 and random encoder), gentle on the random encoder, and 6,000
 #         instruction steps at LM learning rate 1e-4 and 3e-4.
-#   sweep: eight fresh sketch LMs (--signs, 2,500 steps), the default curriculum and one change each
-#         (existence weight, learning rate, LM size, depth, repeat share, batch): which takes off first?
+#   sweep: eight fresh sketch LMs (2,500 steps) around the CPU's best curriculum ("best": half of each batch
+#         repeats, POPE questions two thirds of the sketch steps; sketch_curriculum_cpu.json, where it took
+#         off at ~1,250 steps without sign words and not by 2,000 with them): the default and best with
+#         sign words, best without, then one change each to best with signs (repeat share, learning rate,
+#         LM size, depth, batch).
 # Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
 # the LM nor the encoder); then
 #   benchmarks/sketch_device/run.sh main|more|sweep OUT
@@ -48,18 +51,20 @@ elif [ "$part" = more ]; then
 elif [ "$part" = sweep ]; then
   fresh() {  # name [sketch_lm.py options...]
     local name=$1; shift
-    python benchmarks/sketch_lm.py --init "$world/tokenizer" --fresh --signs --world "$world" --device "$device" \
+    python benchmarks/sketch_lm.py --init "$world/tokenizer" --fresh --world "$world" --device "$device" \
       --steps "${LM_STEPS:-2500}" --eval_every 250 "$@" > "$out/sketch_lm_$name.log" 2>&1
   }
   export -f fresh
-  timeout "$limit" bash -c 'fresh default' &
-  timeout "$limit" bash -c 'fresh existence_0.67 --existence_weight 0.67' &
-  timeout "$limit" bash -c 'fresh lr_2e-3 --lr 2e-3' &
-  timeout "$limit" bash -c 'fresh lr_3e-3_existence_0.67 --lr 3e-3 --existence_weight 0.67' &
-  timeout "$limit" bash -c 'fresh 256x4 --size "{\"hidden_size\": 256, \"num_layers\": 4, \"num_heads\": 4, \"intermediate_size\": 704}"' &
-  timeout "$limit" bash -c 'fresh 2_layers_6_heads --size "{\"num_layers\": 2, \"num_heads\": 6}"' &
-  timeout "$limit" bash -c 'fresh repeats_0.5 --sketch 0.5 --text 0' &
-  timeout "$limit" bash -c 'fresh batch_64 --batch 64' &
+  best="--sketch 0.5 --text 0 --existence_weight 0.67 --signs"
+  export best
+  timeout "$limit" bash -c 'fresh default --signs' &
+  timeout "$limit" bash -c 'fresh best $best' &
+  timeout "$limit" bash -c 'fresh best_without_signs --sketch 0.5 --text 0 --existence_weight 0.67' &
+  timeout "$limit" bash -c 'fresh best_repeats_0.75 $best --sketch 0.25' &
+  timeout "$limit" bash -c 'fresh best_lr_5e-4 $best --lr 5e-4' &
+  timeout "$limit" bash -c 'fresh best_256x4 $best --size "{\"hidden_size\": 256, \"num_layers\": 4, \"num_heads\": 4, \"intermediate_size\": 704}"' &
+  timeout "$limit" bash -c 'fresh best_2_layers_6_heads $best --size "{\"num_layers\": 2, \"num_heads\": 6}"' &
+  timeout "$limit" bash -c 'fresh best_batch_64 $best --batch 64' &
 else
   echo "unknown part $part: main, more or sweep" >&2; exit 2
 fi
