@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--existence_weight", type=float, default=1 / 3,
                         help="chance that a step's sketch share is POPE questions (else align or instruct alike)")
     parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, batches and repeats (not the split)")
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -140,8 +141,8 @@ def main() -> None:
     if args.size and not args.fresh:
         parser.error("--size sets the size of a --fresh LM")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    rng, device, world = random.Random(0), torch.device(args.device), args.world
+    torch.manual_seed(args.seed)
+    rng, device, world = random.Random(args.seed), torch.device(args.device), args.world
     tokenizer = AutoTokenizer.from_pretrained(args.init)
     if args.fresh:
         size = {**yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"], **args.size}
@@ -204,7 +205,8 @@ def main() -> None:
     corpus = ConcatDataset([LineCorpus(world / "text" / "corpus.txt", tokenizer, 256),
                             ConversationDataset(world / "text" / "reading.json", None, tokenizer, ImageConfig(),
                                                 "chat", 0, 256)])
-    repeats = RepeatedWords.from_corpus(world / "text" / "corpus.txt", tokenizer, count=args.batch * args.steps, seed=0)
+    repeats = RepeatedWords.from_corpus(world / "text" / "corpus.txt", tokenizer, count=args.batch * args.steps,
+                                       seed=args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     n_sketch, n_text = round(args.batch * args.sketch), round(args.batch * args.text)
     n_repeat = args.batch - n_sketch - n_text
