@@ -10,7 +10,8 @@
 #         repeats, POPE questions two thirds of the sketch steps; sketch_curriculum_cpu.json, where it took
 #         off at ~1,250 steps without sign words and not by 2,000 with them): the default and best with
 #         sign words, best without, then one change each to best with signs (repeat share, learning rate,
-#         LM size, depth, batch).
+#         LM size, depth, batch). The take-off step varies with the seed: SEED=1 (2, ...) reruns the sweep
+#         with another one.
 # Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
 # the LM nor the encoder); then
 #   benchmarks/sketch_device/run.sh main|more|sweep OUT
@@ -52,7 +53,7 @@ elif [ "$part" = sweep ]; then
   fresh() {  # name [sketch_lm.py options...]
     local name=$1; shift
     python benchmarks/sketch_lm.py --init "$world/tokenizer" --fresh --world "$world" --device "$device" \
-      --steps "${LM_STEPS:-2500}" --eval_every 250 "$@" > "$out/sketch_lm_$name.log" 2>&1
+      --steps "${LM_STEPS:-2500}" --eval_every 250 --seed "${SEED:-0}" "$@" > "$out/sketch_lm_$name.log" 2>&1
   }
   export -f fresh
   best="--sketch 0.5 --text 0 --existence_weight 0.67 --signs"
