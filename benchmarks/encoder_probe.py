@@ -64,19 +64,24 @@ def cell_features(encoder: Path, random_init: bool, images: list[Path], cells: l
     return (features - features.mean(0)) / (features.std(0) + 1e-6)
 
 
-def probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> float:
-    """L2-regularised multinomial logistic regression; accuracy on the last 20% of the rows."""
-    train = int(0.8 * len(y))
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of an L2-regularised multinomial logistic regression of `y` on `x` (Adam, full batch)."""
     w = torch.zeros(x.shape[1], classes, requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=1e-2)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(x[:train] @ w + b, y[:train]) + 1e-3 * w.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + 1e-3 * w.pow(2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        return round(((x[train:] @ w + b).argmax(1) == y[train:]).float().mean().item(), 4)
+    return w.detach(), b.detach()
+
+
+def probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> float:
+    """`fit_linear` on the first 80% of the rows; accuracy on the last 20%."""
+    train = int(0.8 * len(y))
+    w, b = fit_linear(x[:train], y[:train], classes, steps)
+    return round(((x[train:] @ w + b).argmax(1) == y[train:]).float().mean().item(), 4)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from encoder_probe import fit_linear
 from PIL import Image
 from report import report, stamp
 
@@ -78,18 +79,6 @@ def view(rows: torch.Tensor, name: str) -> torch.Tensor:
     return rows[:, ("left", "middle", "right").index(name)]
 
 
-def fit(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
-    w = torch.zeros(x.shape[1], classes, requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=1e-2)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + 1e-3 * w.pow(2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return w.detach(), b.detach()
-
-
 def probe(train: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, bench: torch.Tensor,
           bench_labels: torch.Tensor, name: str) -> dict[str, float]:
     """Accuracy on held-out training signs and on the benchmark's words for one view."""
@@ -100,7 +89,7 @@ def probe(train: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, bench: 
     split = int(0.8 * n)
     flat = x[:split].flatten(0, 1)
     mean, std = flat.mean(0), flat.std(0) + 1e-6
-    w, b = fit((flat - mean) / std, y[:split].flatten(), NO_WORD + 1)
+    w, b = fit_linear((flat - mean) / std, y[:split].flatten(), NO_WORD + 1, steps=400)
     held = ((x[split:, :] - mean) / std) @ w + b  # (signs, 3 rows, classes)
     held_right = held[torch.arange(n - split), rows[split:]].argmax(-1) == labels[split:]
     logits = ((torch.stack([view(bench[:, r], name) for r in range(3)], 1) - mean) / std) @ w + b

@@ -41,7 +41,7 @@ from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import IMAGE_TOKEN
 from mllm.train_stages.language import LineCorpus, RepeatedWords
-from mllm.world.scene import POSITIONS
+from mllm.world.scene import POSITIONS, ROWS
 from mllm.world.scene import Scene as WorldScene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,20 +71,22 @@ def scenes_of(align: Path, signs: bool = False) -> dict[str, Cells]:
             continue
         cells: Cells = {cell: (colour, shape) for cell, colour, shape in caption_cells(caption)}
         for row, text, colour in SIGN.findall(caption) if signs else []:
-            words = tuple(text) if text.isdigit() else (text,)
-            first = 3 * ("Top", "Middle", "Bottom").index(row)
-            cells.update({cell: (*words, colour) for cell in range(first, first + 3)})
+            cells.update(sign_cells(text, colour, ROWS.index(row.lower())))
         out[record["image"]] = cells
     return out
+
+
+def sign_cells(text: str, colour: str, row: int) -> Cells:
+    """A sign's sketch: its word (a number's digits) and colour in every cell of its row."""
+    words = tuple(text) if text.isdigit() else (text,)
+    return {cell: (*words, colour) for cell in range(3 * row, 3 * row + 3)}
 
 
 def cells_of(scene: WorldScene) -> Cells:
     """A drawn scene's sketch cells, as `scenes_of(..., signs=True)` reads them off its caption."""
     cells: Cells = {shape.cell: (shape.colour, shape.shape) for shape in scene.shapes}
     if scene.text is not None:
-        text = scene.text.text
-        words = tuple(text) if text.isdigit() else (text,)
-        cells.update({cell: (*words, scene.text.colour) for cell in range(3 * scene.text.row, 3 * scene.text.row + 3)})
+        cells.update(sign_cells(scene.text.text, scene.text.colour, scene.text.row))
     return cells
 
 
