@@ -5,7 +5,9 @@ on freshly rendered `objects` scenes (JPEG quality 95, as the world writes them)
 
 - encoder: a linear shape probe (10 classes) on each object's grid-cell feature, trained on the objects of
   1500 training scenes, scored on the objects of 600 benchmark scenes, split into objects of held-out pairs
-  and of seen pairs; for the pretrained encoder and a randomly initialised one of the same architecture.
+  and of seen pairs; for the pretrained encoder and a randomly initialised one of the same architecture. The
+  feature is the tower's hidden state `--layer` (the VLM's -2 by default; 0 = patch embeddings); a finer
+  tower's k x k patches of a cell are put side by side (Pico/16 at 96 px: four, 4 x 128 wide).
 - VLM (with --model): POPE's "Is there a <shape> in the image?", teacher-forced ("yes" vs "no" logit), over
   training-like and benchmark scenes, one question per object and one about an absent shape per scene.
   With --sketch the VLM's LLM alone answers the same questions about the same scenes, the image positions
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import random
 from pathlib import Path
 
@@ -56,22 +59,30 @@ def is_held_out(shape: Shape) -> bool:
     return (shape.shape, shape.colour) in HOLDOUT.shape_colour
 
 
+def grid_cells(patches: torch.Tensor) -> torch.Tensor:
+    """(B, 9k², C) patch features in row-major order -> (B, 9, k²C): each grid cell's k x k patches side by side."""
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1] or side % 3:
+        raise ValueError(f"{patches.shape[1]} patches per image; the probe needs a square grid of 3k x 3k")
+    grid = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
+    return torch.nn.functional.pixel_unshuffle(grid, side // 3).flatten(2).transpose(1, 2)
+
+
 @torch.no_grad()
-def cell_features(encoder: Path, random_init: bool, data: Scenes) -> tuple[torch.Tensor, ...]:
-    """Each object's cell feature, shape label and whether its pair is held out."""
-    tower = build_tower(EncoderConfig(path=str(encoder), random_init=random_init, feature_layer=-2)).eval()
+def cell_features(encoder: Path, random_init: bool, data: Scenes, layer: int = -2) -> tuple[torch.Tensor, ...]:
+    """Each object's cell feature (hidden state `layer` of the tower), shape label and whether its pair is held out."""
+    tower = build_tower(EncoderConfig(path=str(encoder), random_init=random_init, feature_layer=layer)).eval()
     pixels = torch.stack([to_tensor(image, tower.image) for _, image in data])
-    x = torch.cat([tower(pixels[i:i + 128]) for i in range(0, len(data), 128)])
-    if x.shape[1] != 9:
-        raise ValueError(f"{x.shape[1]} patches per image; the probe needs one per grid cell (9)")
+    x = grid_cells(torch.cat([tower(pixels[i:i + 128]) for i in range(0, len(data), 128)]))
     objects = [(i, s) for i, (scene, _) in enumerate(data) for s in scene.shapes]
     return (torch.stack([x[i, s.cell] for i, s in objects]), torch.tensor([SHAPES.index(s.shape) for _, s in objects]),
             torch.tensor([is_held_out(s) for _, s in objects]))
 
 
-def shape_probe(encoder: Path, random_init: bool, train: Scenes, test: Scenes) -> dict[str, float | int]:
-    x_train, y_train, _ = cell_features(encoder, random_init, train)
-    x_test, y_test, held = cell_features(encoder, random_init, test)
+def shape_probe(encoder: Path, random_init: bool, train: Scenes, test: Scenes,
+                layer: int = -2) -> dict[str, float | int]:
+    x_train, y_train, _ = cell_features(encoder, random_init, train, layer)
+    x_test, y_test, held = cell_features(encoder, random_init, test, layer)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     w = torch.zeros(x_train.shape[1], len(SHAPES), requires_grad=True)
@@ -135,6 +146,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="VLM folder: also ask it yes/no questions")
     parser.add_argument("--sketch", action="store_true", help="also ask the VLM's LLM with scene sketches")
     parser.add_argument("--scenes", type=int, default=150, help="scenes of each kind for the VLM")
+    parser.add_argument("--layer", type=int, default=-2, help="the tower's hidden state to probe (the VLM's: -2)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.sketch and args.model is None:
@@ -142,8 +154,8 @@ def main() -> None:
     torch.manual_seed(0)
     train, test = scenes(1500, False, 1), scenes(600, True, 2)
     pairs = sorted(f"{colour} {shape}" for shape, colour in HOLDOUT.shape_colour)
-    result = {**stamp(), "encoder": str(args.encoder), "holdout_pairs": pairs,
-              "shape_probe": {name: shape_probe(args.encoder, random_init, train, test)
+    result = {**stamp(), "encoder": str(args.encoder), "feature_layer": args.layer, "holdout_pairs": pairs,
+              "shape_probe": {name: shape_probe(args.encoder, random_init, train, test, args.layer)
                               for name, random_init in (("pretrained", False), ("random_init", True))}}
     if args.model is not None:
         model, tok = VisionLanguageModel.from_pretrained(args.model)

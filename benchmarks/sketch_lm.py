@@ -17,7 +17,8 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
 
 `--fresh` starts a demo-sized LM (`--size` overrides it) from the tokenizer in `--init`; `--existence_weight`
 makes POPE questions more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the
-word in its row). `sketch_device/run.sh` runs it on a GPU.
+word in its row); `--one_object_steps N` asks the first N steps' POPE questions about one-object scenes only (a
+curriculum: one cell to compare before nine). `sketch_device/run.sh` runs it on a GPU.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--existence_weight", type=float, default=1 / 3,
                         help="chance that a step's sketch share is POPE questions (else align or instruct alike)")
     parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
+    parser.add_argument("--one_object_steps", type=int, default=0,
+                        help="steps whose POPE questions are about one-object scenes only (existence_1obj.json)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batches and repeats (not the split)")
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
@@ -166,6 +169,9 @@ def main() -> None:
     sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes)
             for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
                                     ("existence", "existence_single.json", "chat"))}
+    if args.one_object_steps:
+        sets["one_object"] = SketchData(world / "stage_data" / "existence_1obj.json", "chat", world, tokenizer, held,
+                                        scenes)
 
     def sketch_batch(name: str, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Encoded samples (their images are never read: the sketch stands in for them) and their embeddings."""
@@ -214,11 +220,14 @@ def main() -> None:
     n_repeat = args.batch - n_sketch - n_text
     share = (1 - args.existence_weight) / 2
     weights = None if abs(args.existence_weight - 1 / 3) < 1e-9 else [share, share, args.existence_weight]
+    kinds = ["align", "instruct", "existence"]
     print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
     print("step 0", evaluate(), flush=True)
     start = time.time()
     for step in range(1, args.steps + 1):
-        name = rng.choice(list(sets)) if weights is None else rng.choices(list(sets), weights)[0]
+        name = rng.choice(kinds) if weights is None else rng.choices(kinds, weights)[0]
+        if name == "existence" and step <= args.one_object_steps:
+            name = "one_object"
         loss = sketch_loss(name, rng.sample(sets[name].train, n_sketch))
         if n_text:
             loss = loss + text_loss(corpus, n_text)

@@ -219,3 +219,22 @@ def test_reading_probe_views_of_a_sign_row(monkeypatch: pytest.MonkeyPatch) -> N
     assert torch.equal(probe.view(rows, "mean"), rows.mean(1))
     for i, name in enumerate(("left", "middle", "right")):
         assert torch.equal(probe.view(rows, name), rows[:, i])
+
+
+def test_pair_probe_groups_a_finer_towers_patches_by_grid_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("heldout_pair_probe")
+    nine = torch.randn(2, 9, 5)
+    assert torch.equal(probe.grid_cells(nine), nine)
+    # A 6 x 6 grid whose patch (r, c) holds the value 10r + c in both channels: cell (i, j) gets patches
+    # (2i + a, 2j + b) for a, b in 0, 1, whatever the channel order within the cell.
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+    patches = (10 * rows + cols).flatten().float().view(1, 36, 1).expand(1, 36, 2)
+    cells = probe.grid_cells(patches)
+    assert cells.shape == (1, 9, 8)
+    for i in range(3):
+        for j in range(3):
+            expected = {float(10 * (2 * i + a) + 2 * j + b) for a in (0, 1) for b in (0, 1)}
+            assert set(cells[0, 3 * i + j].tolist()) == expected
+    with pytest.raises(ValueError, match="16 patches per image"):
+        probe.grid_cells(torch.zeros(1, 16, 2))

@@ -7,11 +7,12 @@
 #   more: gentle at the demo's budget (OV2 and random encoder), gentle on the random encoder, and 6,000
 #         instruction steps at LM learning rate 1e-4 and 3e-4.
 #   sweep: eight fresh sketch LMs (2,500 steps) around the CPU's best curriculum ("best": half of each batch
-#         repeats, POPE questions two thirds of the sketch steps; sketch_curriculum_cpu.json, where it took
-#         off at ~1,250 steps without sign words and not by 2,000 with them): the default and best with
-#         sign words, best without, then one change each to best with signs (repeat share, learning rate,
-#         LM size, depth, batch). The take-off step varies with the seed: SEED=1 (2, ...) reruns the sweep
-#         with another one.
+#         repeats, POPE questions two thirds of the sketch steps, the first 750 steps' questions about
+#         one-object scenes; sketch_one_object_cpu.json, where it took off at 1,000-1,250 steps for the
+#         seeds tried): best, then one change each (sign words sketched too, 400 and 1,500 one-object
+#         steps, learning rate 5e-4, LM size, depth, batch 64). The take-off step varies with the seed:
+#         SEED=1 (2, ...) reruns the sweep with another one, and device_sweep.sh runs several seeds in one
+#         call of a bare machine.
 # Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
 # the LM nor the encoder); then
 #   benchmarks/sketch_device/run.sh main|more|sweep OUT
@@ -56,12 +57,12 @@ elif [ "$part" = sweep ]; then
       --steps "${LM_STEPS:-2500}" --eval_every 250 --seed "${SEED:-0}" "$@" > "$out/sketch_lm_$name.log" 2>&1
   }
   export -f fresh
-  best="--sketch 0.5 --text 0 --existence_weight 0.67 --signs"
+  best="--sketch 0.5 --text 0 --existence_weight 0.67 --one_object_steps 750"
   export best
-  timeout "$limit" bash -c 'fresh default --signs' &
   timeout "$limit" bash -c 'fresh best $best' &
-  timeout "$limit" bash -c 'fresh best_without_signs --sketch 0.5 --text 0 --existence_weight 0.67' &
-  timeout "$limit" bash -c 'fresh best_repeats_0.75 $best --sketch 0.25' &
+  timeout "$limit" bash -c 'fresh best_signs $best --signs' &
+  timeout "$limit" bash -c 'fresh best_one_object_400 $best --one_object_steps 400' &
+  timeout "$limit" bash -c 'fresh best_one_object_1500 $best --one_object_steps 1500' &
   timeout "$limit" bash -c 'fresh best_lr_5e-4 $best --lr 5e-4' &
   timeout "$limit" bash -c 'fresh best_256x4 $best --size "{\"hidden_size\": 256, \"num_layers\": 4, \"num_heads\": 4, \"intermediate_size\": 704}"' &
   timeout "$limit" bash -c 'fresh best_2_layers_6_heads $best --size "{\"num_layers\": 2, \"num_heads\": 6}"' &
