@@ -18,7 +18,8 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
 `--fresh` starts a demo-sized LM (`--size` overrides it) from the tokenizer in `--init`; `--existence_weight`
 makes POPE questions more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the
 word in its row); `--one_object_steps N` asks the first N steps' POPE questions about one-object scenes only (a
-curriculum: one cell to compare before nine). `sketch_device/run.sh` runs it on a GPU.
+curriculum: one cell to compare before nine); `--side 6` lays sketches out for a /16 tower's 36 image tokens.
+`sketch_device/run.sh` runs it on a GPU.
 """
 
 from __future__ import annotations
@@ -97,20 +98,22 @@ def words_vector(embed: nn.Embedding, tokenizer: object, words: Sequence[str]) -
     return embed(torch.tensor(ids, device=embed.weight.device)).sum(0)
 
 
-def sketch(embed: nn.Embedding, tokenizer: object, cells: Mapping[int, Sequence[str]]) -> torch.Tensor:
-    """A scene's sketch: nine vectors, one per grid cell, the words_vector of the cell's words, zero when empty."""
+def sketch(embed: nn.Embedding, tokenizer: object, cells: Mapping[int, Sequence[str]], side: int = 3) -> torch.Tensor:
+    """A scene's sketch: one vector per grid cell, the words_vector of the cell's words, zero when empty; with
+    `side` 6 (a /16 tower's 6 x 6 tokens at 96 px) each cell's vector fills its 2 x 2 positions, row-major."""
     out = torch.zeros(9, embed.embedding_dim, device=embed.weight.device, dtype=embed.weight.dtype)
     for cell, words in cells.items():
         out[cell] = words_vector(embed, tokenizer, words)
-    return out
+    k = side // 3
+    return out.view(3, 3, -1).repeat_interleave(k, 0).repeat_interleave(k, 1).flatten(0, 1)
 
 
 class SketchData:
     """A LLaVA JSON file encoded for the LM, its shape-scene samples split into training and held-out."""
 
     def __init__(self, path: Path, fmt: str, world: Path, tokenizer: object, held: set[str],
-                 scenes: dict[str, Cells]) -> None:
-        self.data = ConversationDataset(path, world / "images", tokenizer, ImageConfig(), fmt, 9, 256)
+                 scenes: dict[str, Cells], side: int = 3) -> None:
+        self.data = ConversationDataset(path, world / "images", tokenizer, ImageConfig(), fmt, side * side, 256)
         self.images = [str(Path(s.image).relative_to(world / "images")) if s.image else None
                        for s in self.data.samples]
         usable = [i for i, image in enumerate(self.images) if image in scenes]
@@ -135,6 +138,8 @@ def main() -> None:
     parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
     parser.add_argument("--one_object_steps", type=int, default=0,
                         help="steps whose POPE questions are about one-object scenes only (existence_1obj.json)")
+    parser.add_argument("--side", type=int, default=3, choices=(3, 6),
+                        help="image tokens per side: 3 for the demo's /32 tower at 96 px, 6 for a /16 one")
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batches and repeats (not the split)")
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
@@ -166,12 +171,12 @@ def main() -> None:
     keys = sorted(scenes)
     random.Random(1).shuffle(keys)
     held = set(keys[: len(keys) // 10])
-    sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes)
+    sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes, args.side)
             for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
                                     ("existence", "existence_single.json", "chat"))}
     if args.one_object_steps:
         sets["one_object"] = SketchData(world / "stage_data" / "existence_1obj.json", "chat", world, tokenizer, held,
-                                        scenes)
+                                        scenes, args.side)
 
     def sketch_batch(name: str, indices: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Encoded samples (their images are never read: the sketch stands in for them) and their embeddings."""
@@ -179,7 +184,7 @@ def main() -> None:
         items = [{"input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels)}
                  for s in (data.data.samples[i] for i in indices)]
         batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id).items()}
-        sketches = torch.cat([sketch(embed, tokenizer, scenes[data.images[i]]) for i in indices])
+        sketches = torch.cat([sketch(embed, tokenizer, scenes[data.images[i]], args.side) for i in indices])
         embeds = embed(batch["input_ids"]).masked_scatter((batch["input_ids"] == image_id).unsqueeze(-1), sketches)
         return embeds, batch
 

@@ -9,8 +9,8 @@
 #   sweep: eight fresh sketch LMs (2,500 steps) around the CPU's best curriculum ("best": half of each batch
 #         repeats, POPE questions two thirds of the sketch steps, the first 750 steps' questions about
 #         one-object scenes; sketch_one_object_cpu.json, where it took off at 1,000-1,250 steps for the
-#         seeds tried): best, then one change each (sign words sketched too, 400 and 1,500 one-object
-#         steps, learning rate 5e-4, LM size, depth, batch 64). The take-off step varies with the seed:
+#         seeds tried but one): best, then one change each (sign words sketched too, 0, 400 and 1,500
+#         one-object steps, learning rate 5e-4, LM size, batch 64). The take-off step varies with the seed:
 #         SEED=1 (2, ...) reruns the sweep with another one, and device_sweep.sh runs several seeds in one
 #         call of a bare machine.
 # Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
@@ -65,7 +65,7 @@ elif [ "$part" = sweep ]; then
   timeout "$limit" bash -c 'fresh best_one_object_1500 $best --one_object_steps 1500' &
   timeout "$limit" bash -c 'fresh best_lr_5e-4 $best --lr 5e-4' &
   timeout "$limit" bash -c 'fresh best_256x4 $best --size "{\"hidden_size\": 256, \"num_layers\": 4, \"num_heads\": 4, \"intermediate_size\": 704}"' &
-  timeout "$limit" bash -c 'fresh best_2_layers_6_heads $best --size "{\"num_layers\": 2, \"num_heads\": 6}"' &
+  timeout "$limit" bash -c 'fresh best_no_one_object $best --one_object_steps 0' &
   timeout "$limit" bash -c 'fresh best_batch_64 $best --batch 64' &
 else
   echo "unknown part $part: main, more or sweep" >&2; exit 2
