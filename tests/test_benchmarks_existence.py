@@ -178,6 +178,12 @@ def test_a_sketch_sums_each_cells_word_embeddings_and_leaves_empty_cells_zero(
     torch.testing.assert_close(cells[0], embed.weight[ids[0] + ids[1]].sum(0))
     torch.testing.assert_close(cells[4], embed.weight[ids[2]].sum(0))
     assert not cells[[1, 2, 3, 5, 6, 7, 8]].any()
+    # Laid out for a /16 tower's 6 x 6 tokens, each cell fills its 2 x 2 positions (row-major).
+    fine = sketch_lm.sketch(embed, tokenizer, {0: ("red", "star"), 4: ("ring",)}, side=6)
+    assert fine.shape == (36, 8)
+    for position in range(36):
+        cell = (position // 6 // 2) * 3 + position % 6 // 2
+        torch.testing.assert_close(fine[position], cells[cell])
 
 
 def test_answer_source_probe_scores_the_first_token_of_every_reply(monkeypatch: pytest.MonkeyPatch) -> None:
