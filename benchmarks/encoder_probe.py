@@ -45,6 +45,17 @@ def objects(world: Path, limit: int) -> tuple[list[Path], list[int], dict[str, t
     return images, cells, {k: torch.tensor(v) for k, v in labels.items()}
 
 
+def grid_cells(patches: torch.Tensor) -> torch.Tensor:
+    """(B, 9k², C) patch features in row-major order -> (B, 9, k²C): each grid cell's k x k patches, flattened
+    row by row (one patch per cell for a /32 tower at 96 px, four for /16)."""
+    grid = round(patches.shape[1] ** 0.5)
+    if grid * grid != patches.shape[1] or grid % 3:
+        raise ValueError(f"{patches.shape[1]} patches per image do not split into the world's 3x3 cells")
+    k = grid // 3
+    cells = patches.view(len(patches), 3, k, 3, k, -1).permute(0, 1, 3, 2, 4, 5)
+    return cells.reshape(len(patches), 9, -1)
+
+
 @torch.no_grad()
 def cell_features(encoder: Path, random_init: bool, images: list[Path], cells: list[int], layer: int) -> torch.Tensor:
     tower = build_tower(EncoderConfig(path=str(encoder), random_init=random_init, feature_layer=layer)).eval()
@@ -52,15 +63,8 @@ def cell_features(encoder: Path, random_init: bool, images: list[Path], cells: l
     index = {path: i for i, path in enumerate(unique)}
     batches = [torch.stack([to_tensor(Image.open(p).convert("RGB"), tower.image) for p in unique[s:s + 256]])
                for s in range(0, len(unique), 256)]
-    x = torch.cat([tower(batch) for batch in batches])
-    grid = round(x.shape[1] ** 0.5)
-    if grid % 3:
-        raise ValueError(f"a {grid}x{grid} patch grid does not split into the world's 3x3 cells")
-    k = grid // 3
-    x = x.view(x.shape[0], grid, grid, -1)
-    rows = [x[index[p], (c // 3) * k:(c // 3 + 1) * k, (c % 3) * k:(c % 3 + 1) * k].flatten()
-            for p, c in zip(images, cells, strict=True)]
-    features = torch.stack(rows)
+    x = grid_cells(torch.cat([tower(batch) for batch in batches]))
+    features = torch.stack([x[index[p], c] for p, c in zip(images, cells, strict=True)])
     return (features - features.mean(0)) / (features.std(0) + 1e-6)
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import random
 from pathlib import Path
 
 import sketch_lm
 import torch
+from encoder_probe import fit_linear, grid_cells
 from PIL import Image
 from report import report, stamp
 from transformers import PreTrainedTokenizerBase
@@ -59,15 +59,6 @@ def is_held_out(shape: Shape) -> bool:
     return (shape.shape, shape.colour) in HOLDOUT.shape_colour
 
 
-def grid_cells(patches: torch.Tensor) -> torch.Tensor:
-    """(B, 9k², C) patch features in row-major order -> (B, 9, k²C): each grid cell's k x k patches side by side."""
-    side = math.isqrt(patches.shape[1])
-    if side * side != patches.shape[1] or side % 3:
-        raise ValueError(f"{patches.shape[1]} patches per image; the probe needs a square grid of 3k x 3k")
-    grid = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
-    return torch.nn.functional.pixel_unshuffle(grid, side // 3).flatten(2).transpose(1, 2)
-
-
 @torch.no_grad()
 def cell_features(encoder: Path, random_init: bool, data: Scenes, layer: int = -2) -> tuple[torch.Tensor, ...]:
     """Each object's cell feature (hidden state `layer` of the tower), shape label and whether its pair is held out."""
@@ -85,17 +76,9 @@ def shape_probe(encoder: Path, random_init: bool, train: Scenes, test: Scenes,
     x_test, y_test, held = cell_features(encoder, random_init, test, layer)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    w = torch.zeros(x_train.shape[1], len(SHAPES), requires_grad=True)
-    b = torch.zeros(len(SHAPES), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=1e-2)
-    for _ in range(1500):
-        loss = torch.nn.functional.cross_entropy(x_train @ w + b, y_train) + 1e-3 * w.pow(2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        right_train = (x_train @ w + b).argmax(1) == y_train
-        right = (x_test @ w + b).argmax(1) == y_test
+    w, b = fit_linear(x_train, y_train, len(SHAPES), steps=1500)
+    right_train = (x_train @ w + b).argmax(1) == y_train
+    right = (x_test @ w + b).argmax(1) == y_test
     return {"train_objects": round(right_train.float().mean().item(), 3),
             "heldout_pair_objects": round(right[held].float().mean().item(), 3), "n_heldout_pair": int(held.sum()),
             "seen_pair_objects": round(right[~held].float().mean().item(), 3), "n_seen_pair": int((~held).sum())}

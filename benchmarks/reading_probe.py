@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from encoder_probe import fit_linear
+from encoder_probe import fit_linear, grid_cells
 from PIL import Image
 from report import report, stamp
 
@@ -62,12 +62,10 @@ def benchmark_signs(world: Path) -> list[tuple[Image.Image, int]]:
 
 @torch.no_grad()
 def grid_features(tower: torch.nn.Module, images: list[Image.Image]) -> torch.Tensor:
-    """(images, 3 rows, 3 columns, width): one patch per cell of a /32 tower at 96 px."""
+    """(images, 3 rows, 3 columns, width): each cell's patches (one for a /32 tower at 96 px)."""
     x = torch.cat([tower(torch.stack([to_tensor(im, tower.image) for im in images[s:s + 256]]))
                    for s in range(0, len(images), 256)])
-    if x.shape[1] != 9:
-        raise ValueError(f"reading_probe needs one patch per grid cell (9 tokens), got {x.shape[1]}")
-    return x.view(len(images), 3, 3, -1)
+    return grid_cells(x).view(len(images), 3, 3, -1)
 
 
 def view(rows: torch.Tensor, name: str) -> torch.Tensor:

@@ -227,9 +227,9 @@ def test_reading_probe_views_of_a_sign_row(monkeypatch: pytest.MonkeyPatch) -> N
         assert torch.equal(probe.view(rows, name), rows[:, i])
 
 
-def test_pair_probe_groups_a_finer_towers_patches_by_grid_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probes_group_a_finer_towers_patches_by_grid_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    probe = importlib.import_module("heldout_pair_probe")
+    probe = importlib.import_module("encoder_probe")
     nine = torch.randn(2, 9, 5)
     assert torch.equal(probe.grid_cells(nine), nine)
     # A 6 x 6 grid whose patch (r, c) holds the value 10r + c in both channels: cell (i, j) gets patches
@@ -242,5 +242,7 @@ def test_pair_probe_groups_a_finer_towers_patches_by_grid_cell(monkeypatch: pyte
         for j in range(3):
             expected = {float(10 * (2 * i + a) + 2 * j + b) for a in (0, 1) for b in (0, 1)}
             assert set(cells[0, 3 * i + j].tolist()) == expected
+    # Row by row within the cell: patches (2i, 2j), (2i, 2j + 1), (2i + 1, 2j), (2i + 1, 2j + 1).
+    assert cells[0, 4, ::2].tolist() == [22.0, 23.0, 32.0, 33.0]
     with pytest.raises(ValueError, match="16 patches per image"):
         probe.grid_cells(torch.zeros(1, 16, 2))

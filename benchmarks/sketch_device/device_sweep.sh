@@ -16,12 +16,9 @@ fi
 # loses the environment's packages.
 printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/bin/python && chmod +x /tmp/bin/python
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH TQDM_DISABLE=1
-if [ ! -f "$world/stage_data/existence_single.json" ]; then
-  { python -m mllm.cli world --out "$world" --seed 0 --scale small --image_size 96 --jpeg_quality 95 \
-      --describe_prob 1.0 &&
-    python benchmarks/existence_stage.py --world "$world" --out "$world/stage_data/existence.json" &&
-    python benchmarks/existence_device/prepare.py "$world"; } > "$out/prepare.log" 2>&1 || exit 1
-fi
+[ -d "$world/stage_data" ] || python -m mllm.cli world --out "$world" --seed 0 --scale small --image_size 96 \
+  --jpeg_quality 95 --describe_prob 1.0 > "$out/world.log" 2>&1 || exit 1
+bash "$here/run.sh" prepare "$logs" || exit 1
 pack() { tar czf "$out/.sweep_logs.tgz" -C "$logs" . && mv "$out/.sweep_logs.tgz" "$out/sweep_logs.tgz"; }
 pids=()
 for seed in ${SEEDS:-0}; do

@@ -15,17 +15,19 @@
 #         call of a bare machine.
 # Needs runs/demo (`mllm demo`: world and encoder) and runs/sketch_lm (sketch_lm.py; sweep needs neither
 # the LM nor the encoder); then
-#   benchmarks/sketch_device/run.sh main|more|sweep OUT
+#   benchmarks/sketch_device/run.sh main|more|sweep|prepare OUT
 #   python benchmarks/existence_device/collect.py --device "one H200" RESULT.json OUT_MAIN OUT_MORE
 set -uo pipefail
-part=${1:?main or more}; out=${2:?output folder}; limit=${LIMIT:-440}
+part=${1:?main, more, sweep or prepare}; out=${2:?output folder}; limit=${LIMIT:-440}
 here=$(dirname "$0"); world=runs/demo/world; device=${DEVICE:-cuda}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 export here out world device
 mkdir -p "$out"
 [ -f "$world/stage_data/existence_single.json" ] || {
   python benchmarks/existence_stage.py --world "$world" --out "$world/stage_data/existence.json" &&
-  python benchmarks/existence_device/prepare.py "$world"; } > "$out/existence_data.log" 2>&1
+  python benchmarks/existence_device/prepare.py "$world"; } > "$out/existence_data.log" 2>&1 ||
+  { echo "the POPE data could not be prepared: see $out/existence_data.log" >&2; exit 1; }
+[ "$part" = prepare ] && exit 0  # the data alone, before several sweeps share it
 train() {  # name config [overrides...]
   local name=$1 cfg=$2; shift 2
   python -m mllm.cli train --config "$here/base.yaml" --config "$here/$cfg" --out "$out/runs/$name" "$@" \
@@ -68,6 +70,6 @@ elif [ "$part" = sweep ]; then
   timeout "$limit" bash -c 'fresh best_no_one_object $best --one_object_steps 0' &
   timeout "$limit" bash -c 'fresh best_batch_64 $best --batch 64' &
 else
-  echo "unknown part $part: main, more or sweep" >&2; exit 2
+  echo "unknown part $part: main, more, sweep or prepare" >&2; exit 2
 fi
 wait
