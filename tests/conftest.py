@@ -43,9 +43,15 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_tiny_vlm(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`make_tiny_vlm(name, image_size=32, varied_text=False)`: the model folder of an untrained VLM (a Pico
     ViT at `image_size`, a one-layer Llama with the world's tokenizer). With `varied_text` the LM is untied
-    and widely initialised, so its replies are varied text (a tied one repeats its last token)."""
+    and widely initialised, so its replies are varied text (a tied one repeats its last token). The weights
+    come from a fixed seed, so a model (and the text it writes) does not depend on which tests ran before."""
 
     def make(name: str, image_size: int = 32, varied_text: bool = False) -> Path:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return build(name, image_size, varied_text)
+
+    def build(name: str, image_size: int, varied_text: bool) -> Path:
         root = tmp_path_factory.mktemp(name)
         save_pico_encoder(root / "encoder", image_size)
         cfg = LLMConfig(tokenizer=str(tiny_world / "tokenizer"), hidden_size=64, num_layers=1, num_heads=2,
