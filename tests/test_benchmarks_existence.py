@@ -229,7 +229,7 @@ def test_reading_probe_views_of_a_sign_row(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_probes_group_a_finer_towers_patches_by_grid_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    probe = importlib.import_module("heldout_pair_probe")  # its grid_cells is encoder_probe's
+    probe = importlib.import_module("encoder_probe")
     nine = torch.randn(2, 9, 5)
     assert torch.equal(probe.grid_cells(nine), nine)
     # A 6 x 6 grid whose patch (r, c) holds the value 10r + c in both channels: cell (i, j) gets patches

@@ -1,5 +1,6 @@
 """The `mllm serve` demo in a real browser: Playwright drives Debian's headless chromium through an image
-upload, two questions whose streamed replies are the model's answers, and a clear; it saves a screenshot.
+upload, two questions whose streamed replies are the model's answers, a new image that starts a new conversation,
+and a clear; it saves a screenshot.
 
 Chromium is installed with apt-get when missing; where that cannot be done the test is skipped, and says why.
 """
@@ -111,13 +112,15 @@ def test_upload_ask_stream_and_clear_in_chromium(chromium: Path, served: tuple[s
                                                  tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     url, session = served
-    image_file = sorted((tiny_world / "images").rglob("*.jpg"))[1]
+    image_file, other_image = sorted((tiny_world / "images").rglob("*.jpg"))[1:3]
     first = [{"role": "user", "content": f"{IMAGE_TOKEN}\nWhat colour is the star?"}]
     image = load_image(image_file)
     answer = session.complete(first, [image], GenerationSettings(MAX_TOKENS)).text
     second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And the square?"}]
     follow_up = session.complete(second, [image], GenerationSettings(MAX_TOKENS)).text
-    assert letters_and_digits(answer) and letters_and_digits(follow_up)
+    other_answer = session.complete(first, [load_image(other_image)], GenerationSettings(MAX_TOKENS)).text
+    assert letters_and_digits(answer) and letters_and_digits(follow_up) and letters_and_digits(other_answer)
+    assert letters_and_digits(other_answer) != letters_and_digits(answer)
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
@@ -138,6 +141,11 @@ def test_upload_ask_stream_and_clear_in_chromium(chromium: Path, served: tuple[s
             if not DOCS_SCREENSHOT.exists():  # written once, for the README
                 DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
                 shutil.copy(tmp_path / "serve.png", DOCS_SCREENSHOT)
+            page.locator("#image input[type=file]").set_input_files(str(other_image))  # a new conversation
+            page.locator(BOT_MESSAGES).first.wait_for(state="detached", timeout=30_000)
+            question.fill("What colour is the star?")
+            question.press("Enter")
+            wait_for_reply(page, 0, other_answer)
             page.locator("#clear").click()
             page.locator(BOT_MESSAGES).first.wait_for(state="detached", timeout=30_000)
         finally:

@@ -113,6 +113,9 @@ def build_demo(session: ChatSession, pool: GenerationPool, limits: ApiLimits, ex
         for trigger in (send.click, question.submit):
             trigger(handlers.respond, [question, image, conversation, *controls], outputs)
         regenerate.click(handlers.regenerate, [image, conversation, *controls], outputs)
-        clear.click(lambda: ([], [], ""), None, outputs)
-        image.change(lambda: ([], []), None, [chatbot, conversation])
+        # The instant handlers skip the queue: two queued events from one page in quick succession (an upload
+        # and a send) can close the page's event stream before the second event's updates arrive, and its
+        # reply then never shows.
+        clear.click(lambda: ([], [], ""), None, outputs, queue=False)
+        image.change(lambda: ([], []), None, [chatbot, conversation], queue=False)
     return demo

@@ -11,6 +11,7 @@ FSDP's gather and reshard hooks outside the recomputed and compiled regions.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -75,6 +76,9 @@ def start(strategy: str, device: torch.device) -> Runtime:
 def finish(runtime: Runtime) -> None:
     if runtime.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+        # DDP and FSDP keep the group alive in reference cycles; collecting them now joins gloo's worker threads
+        # while the interpreter still runs. Left to its shutdown, a worker that needs the GIL aborts the process.
+        gc.collect()
 
 
 def barrier(runtime: Runtime) -> None:
