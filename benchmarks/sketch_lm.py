@@ -174,6 +174,7 @@ def main() -> None:
     sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes, args.side)
             for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
                                     ("existence", "existence_single.json", "chat"))}
+    kinds = list(sets)  # what a step draws from; one_object stands in for existence early on
     if args.one_object_steps:
         sets["one_object"] = SketchData(world / "stage_data" / "existence_1obj.json", "chat", world, tokenizer, held,
                                         scenes, args.side)
@@ -225,7 +226,6 @@ def main() -> None:
     n_repeat = args.batch - n_sketch - n_text
     share = (1 - args.existence_weight) / 2
     weights = None if abs(args.existence_weight - 1 / 3) < 1e-9 else [share, share, args.existence_weight]
-    kinds = ["align", "instruct", "existence"]
     print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
     print("step 0", evaluate(), flush=True)
     start = time.time()
