@@ -438,10 +438,22 @@ def test_sample_scene_keeps_held_out_pairs_out_of_training(kind: str) -> None:
         assert _held_out_pairs(holdout, sample_scene(rng, kind, holdout, held_out=True)) != []
 
 
-def test_holdout_fractions_and_manifest(tiny_world: Path) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_holdout_gives_every_item_one_partner_spread_evenly(seed: int) -> None:
+    holdout = Holdout.sample(seed)
+    for pairs, items, partners in ((holdout.shape_colour, SHAPES, list(COLOURS)),
+                                   (holdout.word_colour, WORDS, TEXT_COLOURS),
+                                   (holdout.bar_value, list(COLOURS), range(1, 10))):
+        assert sorted(item for item, _ in pairs) == sorted(items)
+        uses = Counter(partner for _, partner in pairs)
+        assert set(uses) <= set(partners)
+        floor = len(items) // len(partners)
+        assert all(floor <= n <= floor + 1 for n in uses.values()), uses
+        assert len(uses) == min(len(items), len(partners))
+
+
+def test_holdout_differs_by_seed_and_matches_manifest(tiny_world: Path) -> None:
     holdout = Holdout.sample(0)
-    assert len(holdout.shape_colour) == round(len(SHAPES) * len(COLOURS) * 0.15)
-    assert len(holdout.word_colour) == round(len(WORDS) * len(TEXT_COLOURS) * 0.15)
     assert holdout != Holdout.sample(1)
     manifest = json.loads((tiny_world / "world.json").read_text())
     assert {tuple(p) for p in manifest["holdout"]["shape_colour"]} == holdout.shape_colour
