@@ -17,8 +17,11 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
 
 `--fresh` starts a demo-sized LM (`--size` overrides it) from the tokenizer in `--init`; `--existence_weight`
 makes POPE questions more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the
-word in its row); `--one_object_steps N` asks the first N steps' POPE questions about one-object scenes only (a
-curriculum: one cell to compare before nine); `--side 6` lays sketches out for a /16 tower's 36 image tokens.
+word in its row) and scores held-out reading questions (the whole answer right, teacher-forced), and
+`--reading_weight` makes one-turn reading questions (`stage_data/reading_single.json`, written if missing)
+that share of the sketch steps; `--one_object_steps N` asks the first N steps' POPE questions about one-object
+scenes only (a curriculum: one cell to compare before nine); `--side 6` lays sketches out for a /16 tower's 36
+image tokens.
 `sketch_device/run.sh` runs it on a GPU.
 """
 
@@ -29,11 +32,12 @@ import json
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 import yaml
+from reading_probe import write_stage_data
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -136,6 +140,8 @@ def main() -> None:
     parser.add_argument("--existence_weight", type=float, default=1 / 3,
                         help="chance that a step's sketch share is POPE questions (else align or instruct alike)")
     parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
+    parser.add_argument("--reading_weight", type=float, default=0.0,
+                        help="chance that a step's sketch share is reading questions (needs --signs)")
     parser.add_argument("--one_object_steps", type=int, default=0,
                         help="steps whose POPE questions are about one-object scenes only (existence_1obj.json)")
     parser.add_argument("--side", type=int, default=3, choices=(3, 6),
@@ -150,6 +156,10 @@ def main() -> None:
         parser.error("--sketch must be > 0 and --sketch + --text <= 1")
     if args.size and not args.fresh:
         parser.error("--size sets the size of a --fresh LM")
+    if args.reading_weight and not args.signs:
+        parser.error("--reading_weight needs --signs: without them no reading question has a sketch")
+    if args.existence_weight + args.reading_weight > 1:
+        parser.error("--existence_weight + --reading_weight must be <= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng, device, world = random.Random(args.seed), torch.device(args.device), args.world
@@ -171,10 +181,15 @@ def main() -> None:
     keys = sorted(scenes)
     random.Random(1).shuffle(keys)
     held = set(keys[: len(keys) // 10])
+    files = [("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
+             ("existence", "existence_single.json", "chat")]
+    if args.signs:
+        if not (world / "stage_data" / "reading_single.json").is_file():
+            write_stage_data(world)
+        files.append(("reading", "reading_single.json", "chat"))
     sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes, args.side)
-            for name, file, fmt in (("align", "align.json", "plain"), ("instruct", "instruct.json", "chat"),
-                                    ("existence", "existence_single.json", "chat"))}
-    kinds = list(sets)  # what a step draws from; one_object stands in for existence early on
+            for name, file, fmt in files}
+    kinds = [k for k in sets if k != "reading" or args.reading_weight]  # one_object stands in for existence early
     if args.one_object_steps:
         sets["one_object"] = SketchData(world / "stage_data" / "existence_1obj.json", "chat", world, tokenizer, held,
                                         scenes, args.side)
@@ -199,22 +214,30 @@ def main() -> None:
 
     yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
 
+    def held_out_rows(name: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, labels) of each held-out sample of `sets[name]`, in batches of 64."""
+        held_out = sets[name].held_out[:limit]
+        for start in range(0, len(held_out), 64):
+            embeds, batch = sketch_batch(name, held_out[start : start + 64])
+            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+            yield from zip(logits, batch["labels"], strict=True)
+
     @torch.no_grad()
     def evaluate() -> tuple[float, dict[str, float]]:
+        """Held-out POPE accuracy (yes/no pick), caption and instruction losses, and with --signs the share of
+        reading questions whose whole answer is the model's top pick at every token (teacher-forced)."""
         model.eval()
-        right = total = 0
-        held_out = sets["existence"].held_out
-        for start in range(0, len(held_out), 64):
-            embeds, batch = sketch_batch("existence", held_out[start : start + 64])
-            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
-            for row in range(logits.shape[0]):
-                answer = int((batch["labels"][row] != IGNORE_INDEX).nonzero()[0, 0])
-                pick = yes if logits[row, answer - 1, yes] > logits[row, answer - 1, no] else no
-                right += pick == int(batch["labels"][row, answer])
-                total += 1
-        losses = {name: round(sketch_loss(name, sets[name].held_out[:128]).item(), 3) for name in ("align", "instruct")}
+        picks = []
+        for logits, labels in held_out_rows("existence"):
+            answer = int((labels != IGNORE_INDEX).nonzero()[0, 0])
+            picks.append((yes if logits[answer - 1, yes] > logits[answer - 1, no] else no) == int(labels[answer]))
+        scores = {name: round(sketch_loss(name, sets[name].held_out[:128]).item(), 3) for name in ("align", "instruct")}
+        if "reading" in sets:
+            right = [bool((logits[:-1].argmax(-1) == labels[1:])[labels[1:] != IGNORE_INDEX].all())
+                     for logits, labels in held_out_rows("reading", 256)]
+            scores["reading"] = round(sum(right) / len(right), 3)
         model.train()
-        return round(right / total, 3), losses
+        return round(sum(picks) / len(picks), 3), scores
 
     corpus = ConcatDataset([LineCorpus(world / "text" / "corpus.txt", tokenizer, 256),
                             ConversationDataset(world / "text" / "reading.json", None, tokenizer, ImageConfig(),
@@ -224,8 +247,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     n_sketch, n_text = round(args.batch * args.sketch), round(args.batch * args.text)
     n_repeat = args.batch - n_sketch - n_text
-    share = (1 - args.existence_weight) / 2
-    weights = None if abs(args.existence_weight - 1 / 3) < 1e-9 else [share, share, args.existence_weight]
+    share = (1 - args.existence_weight - args.reading_weight) / 2
+    weights = [share, share, args.existence_weight] + ([args.reading_weight] if args.reading_weight else [])
+    if abs(args.existence_weight - 1 / 3) < 1e-9 and not args.reading_weight:
+        weights = None  # uniform, as before --existence_weight: same draws as the runs recorded that way
     print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
     print("step 0", evaluate(), flush=True)
     start = time.time()

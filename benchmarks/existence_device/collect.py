@@ -43,7 +43,8 @@ def sketch_log(path: Path) -> dict:
             step, loss, rest = line.split(" ", 3)[1:]
             accuracy, losses = ast.literal_eval(rest.rsplit(" ", 1)[0])
             curve.append({"step": int(step), "loss": float(loss), "held_out_pope_accuracy": accuracy,
-                          **{f"held_out_{k}_loss": v for k, v in losses.items()}})
+                          **{f"held_out_{k}_{'accuracy' if k == 'reading' else 'loss'}": v
+                             for k, v in losses.items()}})
     return {"curve": curve, "last_step": curve[-1]["step"] if curve else 0}
 
 
