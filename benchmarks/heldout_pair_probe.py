@@ -1,7 +1,8 @@
 """Does an unseen colour-shape pair hide its shape, from the encoder's features or from the VLM's answers?
 
-The world holds out ~15% of colour-shape pairs from training; benchmark scenes contain at least one. Two checks
-on freshly rendered `objects` scenes (JPEG quality 95, as the world writes them):
+The world holds out one colour for every shape from training; benchmark scenes contain at least one such pair.
+Two checks on freshly rendered `objects` scenes (JPEG quality 95, as the world writes them; `--variation` as
+`mllm world --variation`):
 
 - encoder: a linear shape probe (10 classes) on each object's grid-cell feature, trained on the objects of
   1500 training scenes, scored on the objects of 600 benchmark scenes, split into objects of held-out pairs
@@ -44,13 +45,13 @@ Scenes = list[tuple[Scene, Image.Image]]
 Question = tuple[Scene, Image.Image, str, bool, str]  # scene, its image, shape asked, present, group
 
 
-def scenes(n: int, held_out: bool, seed: int) -> Scenes:
+def scenes(n: int, held_out: bool, seed: int, variation: float = 0.0) -> Scenes:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         scene = sample_scene(rng, "objects", HOLDOUT, held_out=held_out)
         buffer = io.BytesIO()
-        render(scene, 96, rng).save(buffer, "JPEG", quality=95)
+        render(scene, 96, rng, variation).save(buffer, "JPEG", quality=95)
         out.append((scene, Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
     return out
 
@@ -130,14 +131,16 @@ def main() -> None:
     parser.add_argument("--sketch", action="store_true", help="also ask the VLM's LLM with scene sketches")
     parser.add_argument("--scenes", type=int, default=150, help="scenes of each kind for the VLM")
     parser.add_argument("--layer", type=int, default=-2, help="the tower's hidden state to probe (the VLM's: -2)")
+    parser.add_argument("--variation", type=float, default=0.0, help="the world's picture variation (render)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.sketch and args.model is None:
         parser.error("--sketch needs --model")
     torch.manual_seed(0)
-    train, test = scenes(1500, False, 1), scenes(600, True, 2)
+    train, test = scenes(1500, False, 1, args.variation), scenes(600, True, 2, args.variation)
     pairs = sorted(f"{colour} {shape}" for shape, colour in HOLDOUT.shape_colour)
-    result = {**stamp(), "encoder": str(args.encoder), "feature_layer": args.layer, "holdout_pairs": pairs,
+    result = {**stamp(), "encoder": str(args.encoder), "feature_layer": args.layer, "variation": args.variation,
+              "holdout_pairs": pairs,
               "shape_probe": {name: shape_probe(args.encoder, random_init, train, test, args.layer)
                               for name, random_init in (("pretrained", False), ("random_init", True))}}
     if args.model is not None:

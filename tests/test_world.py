@@ -525,3 +525,32 @@ def test_render_draws_a_large_shape_in_its_colour_at_its_cell(shape: str, cell: 
 def test_render_is_deterministic_for_an_rng_seed() -> None:
     scene = sample_scene(random.Random(1), "sign", Holdout.sample(0), held_out=False)
     assert render(scene, 96, random.Random(5)).tobytes() == render(scene, 96, random.Random(5)).tobytes()
+
+
+def test_render_variation_is_seeded_noisy_and_moves_objects_off_centre() -> None:
+    scene = Scene("objects", shapes=[Shape("square", "blue", "large", 4)])
+    plain = [render(scene, 96, random.Random(seed)) for seed in range(20)]
+    varied = [render(scene, 96, random.Random(seed), variation=1.0) for seed in range(20)]
+    assert varied[3].tobytes() == render(scene, 96, random.Random(3), variation=1.0).tobytes()
+    corner = [(x, y) for x in range(4) for y in range(4)]  # background only
+
+    def spread(image: Image.Image) -> float:
+        values = [sum(image.getpixel(p)) for p in corner]
+        return max(values) - min(values)
+
+    assert max(map(spread, plain)) == 0 and min(map(spread, varied)) > 10
+
+    def centre(image: Image.Image) -> tuple[float, float]:
+        blue = [(x, y) for x in range(96) for y in range(96) if image.getpixel((x, y))[2] > 150
+                and image.getpixel((x, y))[0] < 100]
+        return sum(x for x, _ in blue) / len(blue), sum(y for _, y in blue) / len(blue)
+
+    def offset(images: list[Image.Image]) -> float:
+        return max(max(abs(x - 47.5), abs(y - 47.5)) for x, y in map(centre, images))
+
+    assert offset(plain) < 32 * 0.08 < 32 * 0.1 < offset(varied)
+
+
+def test_render_rejects_variation_outside_unit_interval() -> None:
+    with pytest.raises(ValueError, match="variation must be in"):
+        render(Scene("objects"), 96, random.Random(0), variation=1.5)
