@@ -24,7 +24,7 @@ def test_world_writes_its_resolved_config_with_overrides(tmp_path: Path) -> None
     main(["world", "--out", str(tmp_path), "--scale", "tiny", "--seed", "3", "--shard_size", "120"])
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved == {"out": str(tmp_path), "seed": 3, "scale": "tiny", "image_size": 96, "shard_size": 120,
-                     "jpeg_quality": 95, "describe_prob": 0.5}
+                     "jpeg_quality": 95, "describe_prob": 0.5, "variation": 0.0}
     assert len(list((tmp_path / "shards").glob("*.tar"))) == 2
     assert json.loads((tmp_path / "world.json").read_text())["config"]["seed"] == 3
 
