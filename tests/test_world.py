@@ -554,3 +554,9 @@ def test_render_variation_is_seeded_noisy_and_moves_objects_off_centre() -> None
 def test_render_rejects_variation_outside_unit_interval() -> None:
     with pytest.raises(ValueError, match="variation must be in"):
         render(Scene("objects"), 96, random.Random(0), variation=1.5)
+
+
+def test_build_world_rejects_variation_outside_unit_interval_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"variation must be in \[0, 1\], got -0.5"):
+        build_world(WorldConfig(out=str(tmp_path / "w"), scale="tiny", variation=-0.5))
+    assert not (tmp_path / "w").exists()

@@ -253,6 +253,8 @@ def build_world(cfg: WorldConfig) -> dict[str, Any]:
     """Write the world described by `cfg`; returns the manifest also saved as world.json."""
     if cfg.scale not in SCALES:
         raise ValueError(f"unknown scale {cfg.scale!r}; expected one of {sorted(SCALES)}")
+    if not 0.0 <= cfg.variation <= 1.0:
+        raise ValueError(f"variation must be in [0, 1], got {cfg.variation}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     holdout = Holdout.sample(cfg.seed)
