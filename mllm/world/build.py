@@ -32,7 +32,7 @@ from mllm.data.parquet import encode_image, write_table
 from mllm.eval.metrics import BENCHMARKS
 from mllm.eval.prompts import build_prompt
 from mllm.world import language
-from mllm.world.render import render
+from mllm.world.render import check_variation, render
 from mllm.world.scene import SHAPES, Holdout, Scene, sample_scene
 from mllm.world.tokenizer import train_tokenizer
 
@@ -253,8 +253,7 @@ def build_world(cfg: WorldConfig) -> dict[str, Any]:
     """Write the world described by `cfg`; returns the manifest also saved as world.json."""
     if cfg.scale not in SCALES:
         raise ValueError(f"unknown scale {cfg.scale!r}; expected one of {sorted(SCALES)}")
-    if not 0.0 <= cfg.variation <= 1.0:
-        raise ValueError(f"variation must be in [0, 1], got {cfg.variation}")
+    check_variation(cfg.variation)  # before anything is written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     holdout = Holdout.sample(cfg.seed)

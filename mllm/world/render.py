@@ -45,6 +45,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, cx: float, cy: float, r
                 degrees: float = 0.0) -> None:
     fill = COLOURS[shape.colour]
     box = (cx - r, cy - r, cx + r, cy + r)
+    s = r * 0.85  # a square's half side
     if shape.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape.shape == "ring":
@@ -52,10 +53,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, cx: float, cy: float, r
         h = r * 0.55
         draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=bg)
     elif shape.shape == "square" and not degrees:
-        s = r * 0.85
         draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
     else:
-        s = r * 0.85
         points = {
             "square": lambda: [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)],
             "triangle": lambda: _regular(cx, cy + r * 0.15, r * 1.1, 3),
@@ -73,6 +72,11 @@ def _font(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=px)
 
 
+def check_variation(variation: float) -> None:
+    if not 0.0 <= variation <= 1.0:
+        raise ValueError(f"variation must be in [0, 1], got {variation}")
+
+
 def render(scene: Scene, size: int, rng: random.Random, variation: float = 0.0) -> Image.Image:
     """Draw `scene` on a `size` x `size` canvas; `rng` adds jitter and background tint.
 
@@ -82,8 +86,7 @@ def render(scene: Scene, size: int, rng: random.Random, variation: float = 0.0) 
     every object sits in its cell's middle, a near-exact match for one patch of a /32 ViT, which a randomly
     initialised tower's linear patch embedding already represents almost perfectly.
     """
-    if not 0.0 <= variation <= 1.0:
-        raise ValueError(f"variation must be in [0, 1], got {variation}")
+    check_variation(variation)
     tone = rng.randint(228, 250)
     bg = (tone, tone - rng.randint(0, 8), tone - rng.randint(0, 12))
     image = Image.new("RGB", (size, size), bg)
