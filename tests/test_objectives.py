@@ -30,7 +30,14 @@ from mllm.encoders.openvision1 import (
     QueryCaptionDecoder,
     dual_contrastive_loss,
 )
-from mllm.train_stages.pretrain import PretrainConfig, caption_tokenizer, pad_captions, text_row_tokenizer
+from mllm.train_stages.pretrain import (
+    PretrainConfig,
+    build_optimizer,
+    caption_tokenizer,
+    pad_captions,
+    text_row_tokenizer,
+)
+from mllm.train_stages.pretrain_config import OptimConfig
 
 PAD, BOS, EOS, POOL = 0, 1, 2, 3
 VOCAB, IMAGE, TEXT_LEN = 48, 32, 10
@@ -100,6 +107,28 @@ def test_loss_falls_on_a_fixed_batch(name: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert min(losses[-5:]) < 0.6 * losses[0], losses[::5]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encoder_lr_scale_sets_the_towers_lr_and_keeps_each_parameters_decay(name: str) -> None:
+    objective = make(name).train()
+    optimizer = build_optimizer(objective, OptimConfig(weight_decay=0.2, encoder_lr_scale=0.25), lr=1e-3)
+    tower = {id(p) for p in objective.encoder.parameters()}
+    no_decay = {id(p) for n, p in objective.named_parameters() if n in objective.no_weight_decay_names()}
+    seen = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(seen) == sorted(id(p) for p in objective.parameters() if p.requires_grad)
+    for group in optimizer.param_groups:
+        in_tower = {id(p) in tower for p in group["params"]}
+        assert len(in_tower) == 1
+        assert group["lr"] == pytest.approx(2.5e-4 if in_tower.pop() else 1e-3)
+        assert {id(p) in no_decay for p in group["params"]} == {group["weight_decay"] == 0.0}
+
+    frozen = build_optimizer(objective, OptimConfig(encoder_lr_scale=0.0), lr=1e-2)
+    before = {n: p.detach().clone() for n, p in objective.named_parameters()}
+    objective(fixed_batch())["loss"].backward()
+    frozen.step()
+    moved = {n for n, p in objective.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and not any(id(p) in tower for n, p in objective.named_parameters() if n in moved)
 
 
 def test_model_options_read_the_demo_section_and_refuse_another_objectives_options() -> None:

@@ -232,3 +232,5 @@ def test_distributed_strategies_refuse_to_run_without_torchrun(tmp_path: Path, t
         pretrain(tiny(tiny_world, tmp_path / "run", strategy="fsdp"))
     with pytest.raises(ValueError, match="precision"):
         pretrain(tiny(tiny_world, tmp_path / "run", precision="fp16"))
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        pretrain(tiny(tiny_world, tmp_path / "run", optim=OptimConfig(encoder_lr_scale=-0.1)))

@@ -123,11 +123,15 @@ def build_optimizer(objective: PretrainObjective, cfg: OptimConfig, lr: float) -
     named = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
     # 0-dim parameters (ov1's logit_scale) get a group of their own: FSDP keeps them whole beside sharded
     # ones, and the optimizer's multi-tensor kernels cannot take both kinds in one group.
-    groups = [
-        {"params": [p for n, p in named if n not in skip], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if n in skip and p.ndim > 0], "weight_decay": 0.0},
-        {"params": [p for n, p in named if n in skip and p.ndim == 0], "weight_decay": 0.0},
+    kinds = [
+        ([(n, p) for n, p in named if n not in skip], cfg.weight_decay),
+        ([(n, p) for n, p in named if n in skip and p.ndim > 0], 0.0),
+        ([(n, p) for n, p in named if n in skip and p.ndim == 0], 0.0),
     ]
+    tower = {id(p) for p in objective.encoder.parameters()}
+    groups = [{"params": [p for _, p in members if (id(p) in tower) == in_tower], "weight_decay": decay,
+               "lr": lr * (cfg.encoder_lr_scale if in_tower else 1.0)}
+              for in_tower in (False, True) for members, decay in kinds]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=cfg.betas, eps=cfg.eps)
 
 

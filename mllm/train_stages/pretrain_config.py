@@ -25,6 +25,8 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.2
     warmup_samples: int = 51_200_000
+    # The vision tower's peak LR as a fraction of the rest's (the paper trains all at one LR: 1.0).
+    encoder_lr_scale: float = 1.0
 
 
 @dataclass
@@ -103,4 +105,6 @@ def resolve_phases(cfg: PretrainConfig) -> list[Phase]:
         raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if cfg.log_every < 1 or cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
         raise ValueError("log_every and keep_checkpoints must be at least 1 and checkpoint_every at least 0")
+    if cfg.optim.encoder_lr_scale < 0:
+        raise ValueError(f"optim.encoder_lr_scale must be at least 0, got {cfg.optim.encoder_lr_scale}")
     return phases
