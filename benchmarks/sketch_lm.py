@@ -8,7 +8,9 @@ each the sum of its object's colour and shape word embeddings (zero for an empty
 on the world's align captions, instruction conversations and one-turn POPE questions about training scenes
 with their sketch where the image goes, beside the corpus and reading conversations (`--text`) and
 `RepeatedWords` (the rest), and reports every `--eval_every` steps, on 10% of the scenes held out: POPE
-accuracy (yes/no pick), and caption and instruction loss. Needs the world's `stage_data/existence_single.json`
+accuracy (yes/no pick), caption and instruction loss, and the instructions' multiple-choice questions answered
+with the right letter (`choice`, teacher-forced pick among A-D; `choice_top_letter`: the most picked letter's
+share). `--steps 0` with an LM in `--init` only scores it. Needs the world's `stage_data/existence_single.json`
 (`existence_device/prepare.py`). Then `mllm train --connector ln_mlp2x_gelu --llm.path SAVED` (the LM
 frozen in align) gives the connector a caption loss it can follow: each caption word is read off a cell.
 
@@ -213,6 +215,20 @@ def main() -> None:
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
+    letters = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
+
+    def letter_answers(labels: torch.Tensor) -> list[int]:
+        """Positions of answers that are one option letter (the letter, then at most the end-of-turn tokens)."""
+        out = []
+        answer = (labels != IGNORE_INDEX).tolist()
+        for p in range(1, len(answer)):
+            if answer[p] and not answer[p - 1] and int(labels[p]) in letters:
+                end = p
+                while end + 1 < len(answer) and answer[end + 1]:
+                    end += 1
+                if end - p <= 2:  # the letter, <|im_end|>, newline
+                    out.append(p)
+        return out
 
     def held_out_rows(name: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(logits, labels) of each held-out sample of `sets[name]`, in batches of 64."""
@@ -224,8 +240,10 @@ def main() -> None:
 
     @torch.no_grad()
     def evaluate() -> tuple[float, dict[str, float]]:
-        """Held-out POPE accuracy (yes/no pick), caption and instruction losses, and with --signs the share of
-        reading questions whose whole answer is the model's top pick at every token (teacher-forced)."""
+        """Held-out POPE accuracy (yes/no pick), caption and instruction losses, the multiple-choice questions of
+        the held-out instructions answered with the right letter (teacher-forced pick among A-D) and the share
+        of the most picked letter, and with --signs the share of reading questions whose whole answer is the
+        model's top pick at every token (teacher-forced)."""
         model.eval()
         picks = []
         for logits, labels in held_out_rows("existence"):
@@ -236,6 +254,15 @@ def main() -> None:
             right = [bool((logits[:-1].argmax(-1) == labels[1:])[labels[1:] != IGNORE_INDEX].all())
                      for logits, labels in held_out_rows("reading", 256)]
             scores["reading"] = round(sum(right) / len(right), 3)
+        picked, truth = [], []
+        for logits, labels in held_out_rows("instruct", 512):
+            for p in letter_answers(labels):
+                picked.append(letters[int(logits[p - 1, letters].argmax())])
+                truth.append(int(labels[p]))
+        if truth:
+            scores["choice"] = round(sum(a == b for a, b in zip(picked, truth, strict=True)) / len(truth), 3)
+            scores["choice_top_letter"] = round(max(map(picked.count, letters)) / len(picked), 3)
+            scores["choice_questions"] = len(truth)
         model.train()
         return round(sum(picks) / len(picks), 3), scores
 
