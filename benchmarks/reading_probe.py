@@ -97,17 +97,18 @@ def probe(train: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, bench: 
             "benchmark_words": round((picked == bench_labels).float().mean().item(), 4)}
 
 
-def write_stage_data(world: Path) -> int:
-    """One-turn records of the instruction mix's reading questions; how many."""
+def write_stage_data(world: Path, pattern: re.Pattern[str] = READING, name: str = "reading_single.json") -> int:
+    """One-turn records of the instruction mix's questions that `pattern` finds (by default its reading
+    questions), as `stage_data/<name>`; how many."""
     out = []
     for record in json.loads((world / "stage_data" / "instruct.json").read_text()):
         turns = record["conversations"]
         for k in range(0, len(turns), 2):
             question = turns[k]["value"].replace("<image>\n", "")
-            if READING.search(question):
+            if pattern.search(question):
                 out.append({"id": f"{record['id']}-{k // 2}", "image": record["image"], "conversations": [
                     {"from": "human", "value": "<image>\n" + question}, turns[k + 1]]})
-    (world / "stage_data" / "reading_single.json").write_text(json.dumps(out, indent=1))
+    (world / "stage_data" / name).write_text(json.dumps(out, indent=1))
     return len(out)
 
 

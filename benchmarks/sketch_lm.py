@@ -21,9 +21,10 @@ frozen in align) gives the connector a caption loss it can follow: each caption 
 makes POPE questions more (or less) of the sketch steps than a third; `--signs` sketches sign scenes too (the
 word in its row) and scores held-out reading questions (the whole answer right, teacher-forced), and
 `--reading_weight` makes one-turn reading questions (`stage_data/reading_single.json`, written if missing)
-that share of the sketch steps; `--one_object_steps N` asks the first N steps' POPE questions about one-object
-scenes only (a curriculum: one cell to compare before nine); `--side 6` lays sketches out for a /16 tower's 36
-image tokens.
+that share of the sketch steps, and `--choice_weight` the same for one-turn multiple-choice questions
+(`stage_data/choice_single.json`, written if missing); `--one_object_steps N` asks the first N steps' POPE
+questions about one-object scenes only (a curriculum: one cell to compare before nine); `--side 6` lays
+sketches out for a /16 tower's 36 image tokens.
 `sketch_device/run.sh` runs it on a GPU.
 """
 
@@ -53,6 +54,7 @@ from mllm.world.scene import POSITIONS, ROWS
 from mllm.world.scene import Scene as WorldScene
 
 REPO = Path(__file__).resolve().parents[1]
+CHOICE = re.compile(r"Answer with the option's letter")
 CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"): a (?:small|large) (\w+) (\w+)\.",
                   re.IGNORECASE)
 SIGN = re.compile(r"(Top|Middle|Bottom): the (?:word|number) (\w+) in (\w+)\.")
@@ -144,6 +146,8 @@ def main() -> None:
     parser.add_argument("--signs", action="store_true", help="sketch sign scenes too: the word in its row's cells")
     parser.add_argument("--reading_weight", type=float, default=0.0,
                         help="chance that a step's sketch share is reading questions (needs --signs)")
+    parser.add_argument("--choice_weight", type=float, default=0.0,
+                        help="chance that a step's sketch share is one-turn multiple-choice questions")
     parser.add_argument("--one_object_steps", type=int, default=0,
                         help="steps whose POPE questions are about one-object scenes only (existence_1obj.json)")
     parser.add_argument("--side", type=int, default=3, choices=(3, 6),
@@ -160,8 +164,8 @@ def main() -> None:
         parser.error("--size sets the size of a --fresh LM")
     if args.reading_weight and not args.signs:
         parser.error("--reading_weight needs --signs: without them no reading question has a sketch")
-    if args.existence_weight + args.reading_weight > 1:
-        parser.error("--existence_weight + --reading_weight must be <= 1")
+    if args.existence_weight + args.reading_weight + args.choice_weight > 1:
+        parser.error("--existence_weight + --reading_weight + --choice_weight must be <= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng, device, world = random.Random(args.seed), torch.device(args.device), args.world
@@ -189,6 +193,10 @@ def main() -> None:
         if not (world / "stage_data" / "reading_single.json").is_file():
             write_stage_data(world)
         files.append(("reading", "reading_single.json", "chat"))
+    if args.choice_weight:
+        if not (world / "stage_data" / "choice_single.json").is_file():
+            write_stage_data(world, CHOICE, "choice_single.json")
+        files.append(("choice", "choice_single.json", "chat"))
     sets = {name: SketchData(world / "stage_data" / file, fmt, world, tokenizer, held, scenes, args.side)
             for name, file, fmt in files}
     kinds = [k for k in sets if k != "reading" or args.reading_weight]  # one_object stands in for existence early
@@ -274,9 +282,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     n_sketch, n_text = round(args.batch * args.sketch), round(args.batch * args.text)
     n_repeat = args.batch - n_sketch - n_text
-    share = (1 - args.existence_weight - args.reading_weight) / 2
-    weights = [share, share, args.existence_weight] + ([args.reading_weight] if args.reading_weight else [])
-    if abs(args.existence_weight - 1 / 3) < 1e-9 and not args.reading_weight:
+    share = (1 - args.existence_weight - args.reading_weight - args.choice_weight) / 2
+    weights = [share, share, args.existence_weight] + ([args.reading_weight] if args.reading_weight else []) + (
+        [args.choice_weight] if args.choice_weight else [])
+    if abs(args.existence_weight - 1 / 3) < 1e-9 and not args.reading_weight and not args.choice_weight:
         weights = None  # uniform, as before --existence_weight: same draws as the runs recorded that way
     print({name: (len(d.train), len(d.held_out)) for name, d in sets.items()}, flush=True)
     print("step 0", evaluate(), flush=True)
