@@ -30,8 +30,12 @@ def drift(run: Path) -> dict[str, float]:
     """Relative distance from initialisation of the tower's and of the rest's weight matrices."""
     if (run / "config.yaml").is_file():
         raw = yaml.safe_load((run / "config.yaml").read_text())
+    elif (run.parent / "config.yaml").is_file() and "pretrain" in (demo := yaml.safe_load(
+            (run.parent / "config.yaml").read_text()) or {}):
+        raw = demo["pretrain"]
     else:
-        raw = yaml.safe_load((run.parent / "config.yaml").read_text())["pretrain"]
+        raise FileNotFoundError(f"{run}: neither its config.yaml nor a demo's config.yaml with a `pretrain` "
+                                "section beside it")
     parser = ArgumentParser()
     parser.add_class_arguments(PretrainConfig, "cfg")
     cfg = parser.instantiate(parser.parse_object({"cfg": raw})).cfg
@@ -42,11 +46,12 @@ def drift(run: Path) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # as the pretraining loop seeds the build of its first phase (pad_id: loss only)
     objective = OBJECTIVES.get(cfg.objective)(objective_config(cfg.objective, cfg.model), vocab_size=vocab,
                                               pad_id=0)
+    tower = {id(p) for p in objective.encoder.parameters()}  # the objective's stated tower, as the optimizer's
     sums = {"tower": [0.0, 0.0], "rest": [0.0, 0.0]}
     for name, start in objective.named_parameters():
         if start.ndim < 2 or name not in trained:
             continue
-        part = sums["tower" if name.startswith("vision.") else "rest"]
+        part = sums["tower" if id(start) in tower else "rest"]
         part[0] += float((trained[name] - start.detach()).pow(2).sum())
         part[1] += float(start.detach().pow(2).sum())
     return {part: round((moved / norm) ** 0.5, 4) for part, (moved, norm) in sums.items()}
