@@ -49,6 +49,8 @@ def test_drift_is_zero_for_a_frozen_tower_and_the_update_shuffles_into_the_same_
     trained = tower_drift.drift(run(tiny_world, tmp_path / "trained", 1.0))
     assert frozen["tower"] == 0.0 and frozen["rest"] > 0
     assert trained["tower"] > 0
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        tower_drift.drift(tmp_path / "trained" / "encoder")
 
     monkeypatch.setattr(sys, "argv", ["shuffled_update.py", "--encoder", str(tmp_path / "trained" / "encoder"),
                                       "--out", str(tmp_path / "shuffled")])
