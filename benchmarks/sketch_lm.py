@@ -51,7 +51,7 @@ from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import IMAGE_TOKEN
 from mllm.train_stages.language import LineCorpus, RepeatedWords
 from mllm.world.scene import POSITIONS, ROWS
-from mllm.world.scene import Scene as WorldScene
+from mllm.world.sketches import sign_cells
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICE = re.compile(r"Answer with the option's letter")
@@ -59,7 +59,7 @@ CELL = re.compile(r"(" + "|".join(sorted(POSITIONS, key=len, reverse=True)) + r"
                   re.IGNORECASE)
 SIGN = re.compile(r"(Top|Middle|Bottom): the (?:word|number) (\w+) in (\w+)\.")
 Scene = list[tuple[int, str, str]]  # (cell, colour, shape)
-Cells = dict[int, tuple[str, ...]]  # grid cell -> the words its sketch vector sums
+Cells = dict[int, Sequence[str]]  # grid cell -> the words its sketch vector sums
 
 
 def caption_cells(caption: str) -> Scene:
@@ -84,20 +84,6 @@ def scenes_of(align: Path, signs: bool = False) -> dict[str, Cells]:
             cells.update(sign_cells(text, colour, ROWS.index(row.lower())))
         out[record["image"]] = cells
     return out
-
-
-def sign_cells(text: str, colour: str, row: int) -> Cells:
-    """A sign's sketch: its word (a number's digits) and colour in every cell of its row."""
-    words = tuple(text) if text.isdigit() else (text,)
-    return {cell: (*words, colour) for cell in range(3 * row, 3 * row + 3)}
-
-
-def cells_of(scene: WorldScene) -> Cells:
-    """A drawn scene's sketch cells, as `scenes_of(..., signs=True)` reads them off its caption."""
-    cells: Cells = {shape.cell: (shape.colour, shape.shape) for shape in scene.shapes}
-    if scene.text is not None:
-        cells.update(sign_cells(scene.text.text, scene.text.colour, scene.text.row))
-    return cells
 
 
 def words_vector(embed: nn.Embedding, tokenizer: object, words: Sequence[str]) -> torch.Tensor:

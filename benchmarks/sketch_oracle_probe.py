@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from report import report, stamp
-from sketch_lm import cells_of, sketch
+from sketch_lm import sketch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mllm.data.conversation import encode_prompt
@@ -30,6 +30,7 @@ from mllm.eval.prompts import build_prompt
 from mllm.llm import IMAGE_TOKEN
 from mllm.world import language
 from mllm.world.scene import SHAPES, Holdout, Scene, sample_scene
+from mllm.world.sketches import scene_cells
 
 FAMILIES = ("mme", "seed", "sqa_img", "gqa", "pope")
 SIGN_FAMILIES = ("textvqa", "ocrbench")
@@ -70,7 +71,7 @@ def main() -> None:
         while min(len(r) for r in rows.values()) < args.rows:
             kind = "sign" if args.signs and index % 2 else "objects"
             scene = sample_scene(rng, kind, holdout, held_out=not args.seen)
-            cells = sketch(embed, tokenizer, cells_of(scene))
+            cells = sketch(embed, tokenizer, scene_cells(scene))
             for family in SIGN_FAMILIES if kind == "sign" else FAMILIES:
                 for row in rows_of(family, scene, index, rng):
                     rows[family].append(row)

@@ -31,7 +31,9 @@ language:
   batch_size: 16
   epochs: 1
   lr: 3.0e-3
+  lr_schedule: constant
   logging_steps: 5
+  sketch: {steps: 30, one_object_steps: 10}
 train:
   logging_steps: 5
   stages:
@@ -52,9 +54,10 @@ def test_encoder_pretraining_loss_falls(demo_run: Path) -> None:
     assert (demo_run / "pretrain" / "encoder" / "model.safetensors").is_file()
 
 
-def test_language_warm_up_loss_falls_and_writes_a_plain_hf_folder(demo_run: Path) -> None:
+def test_language_warm_up_on_sketches_loss_falls_and_writes_a_plain_hf_folder(demo_run: Path) -> None:
     summary = json.loads((demo_run / "lm" / "summary.json").read_text())
-    assert summary["final_loss"] < 0.7 * summary["first_loss"]
+    assert summary["steps"] == 30 and summary["final_loss"] < 0.7 * summary["first_loss"]
+    assert summary["held_out"]["existence_questions"] > 0
     files = {p.name for p in (demo_run / "lm" / "model").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
 
@@ -84,6 +87,6 @@ def test_results_hold_both_variants_with_every_benchmark(demo_run: Path) -> None
     table = (demo_run / "results.md").read_text()
     assert "| **mean** |" in table and "random encoder" in table
     timings = json.loads((demo_run / "timings.json").read_text())
-    steps = ("world", "pretrain", "pretrain_lm", "vlms")
-    assert timings["total"] == pytest.approx(sum(timings[k] for k in steps), abs=0.5)
+    parts = sum(timings[k] for k in ("world", "pretrain", "pretrain_lm", "vlms"))
+    assert parts <= timings["total"] <= parts + 60
     assert set(timings["vlm_parts"]) == {f"{part}_{v}" for part in ("train", "eval") for v in ("ov2", "random_encoder")}

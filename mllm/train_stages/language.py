@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,16 @@ from mllm.data.conversation import IGNORE_INDEX, bos
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 from mllm.llm import LLMConfig, build_llm, load_tokenizer
+from mllm.train_stages.sketches import (
+    SketchBatches,
+    SketchConfig,
+    SketchSet,
+    SketchTrainer,
+    first,
+    held_out_scores,
+    image_token_id,
+    load_cells,
+)
 from mllm.train_stages.vlm_trainer import LengthGroupedTrainer, training_arguments
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,11 @@ class LanguageConfig:
     # Share of the training documents that are runs of the corpus's words followed by their exact repeat
     # (`RepeatedWords`); 0 trains on the corpus and conversations alone.
     repeat_fraction: float = 0.0
+    lr_schedule: str = "cosine"  # any transformers scheduler name, e.g. "constant"
+    adam_beta2: float = 0.999
+    # Scene sketches in place of images (`mllm.train_stages.sketches`): with `sketch.steps` > 0 training runs
+    # that many steps of sketch, text and repeat batches instead of `epochs` over the text.
+    sketch: SketchConfig = field(default_factory=SketchConfig)
     seed: int = 0
     logging_steps: int = 10
 
@@ -129,28 +145,71 @@ class RepeatedWords(Dataset):
 def pretrain_language(cfg: LanguageConfig) -> dict[str, Any]:
     if not 0.0 <= cfg.repeat_fraction < 1.0:
         raise ValueError(f"repeat_fraction must be in [0, 1), got {cfg.repeat_fraction}")
+    if cfg.sketch.steps:
+        cfg.sketch.check()
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.llm)
     model = build_llm(cfg.llm, tokenizer)
-    parts: list[Dataset] = [LineCorpus(Path(cfg.corpus), tokenizer, cfg.max_length)]
-    parts += [ConversationDataset(path, None, tokenizer, ImageConfig(), "chat", 0, cfg.max_length)
-              for path in cfg.conversations]
-    if cfg.repeat_fraction:
-        count = round(sum(len(p) for p in parts) * cfg.repeat_fraction / (1 - cfg.repeat_fraction))
-        parts.append(RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, count, cfg.seed))
-    dataset = ConcatDataset(parts)
+    parts: list[Dataset] = []
+    if not cfg.sketch.steps or cfg.sketch.text_share:
+        parts.append(LineCorpus(Path(cfg.corpus), tokenizer, cfg.max_length))
+        parts += [ConversationDataset(path, None, tokenizer, ImageConfig(), "chat", 0, cfg.max_length)
+                  for path in cfg.conversations]
     out = Path(cfg.out)
-    args = training_arguments(out / "trainer", cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_ratio, cfg.seed,
-                              weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, report_to="none")
-    lengths = [n for part in parts for n in part.lengths]
-    trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=dataset, lengths=lengths,
-                                   data_collator=partial(collate, pad_id=tokenizer.pad_token_id))
+    options = {"weight_decay": cfg.weight_decay, "logging_steps": cfg.logging_steps, "report_to": "none",
+               "lr_scheduler_type": cfg.lr_schedule, "adam_beta2": cfg.adam_beta2}
+    if cfg.sketch.steps:
+        trainer, documents, scorer = _sketch_trainer(cfg, model, tokenizer, parts, out, options)
+    else:
+        if cfg.repeat_fraction:
+            count = round(sum(len(p) for p in parts) * cfg.repeat_fraction / (1 - cfg.repeat_fraction))
+            parts.append(RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, count, cfg.seed))
+        dataset = ConcatDataset(parts)
+        args = training_arguments(out / "trainer", cfg.batch_size, cfg.lr, cfg.epochs, cfg.warmup_ratio, cfg.seed,
+                                  **options)
+        lengths = [n for part in parts for n in part.lengths]
+        trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=dataset, lengths=lengths,
+                                       data_collator=partial(collate, pad_id=tokenizer.pad_token_id))
+        documents, scorer = len(dataset), None
     start = time.time()
     result = trainer.train()
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    summary = {"documents": len(dataset), "steps": result.global_step, "first_loss": losses[0],
+    summary = {"documents": documents, "steps": result.global_step, "first_loss": losses[0],
                "final_loss": losses[-1], "seconds": round(time.time() - start, 1), "model": str(out / "model")}
+    if scorer is not None:
+        summary["held_out"] = scorer()
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _sketch_trainer(cfg: LanguageConfig, model: torch.nn.Module, tokenizer: Any, text_parts: list[Dataset],
+                    out: Path, options: dict[str, Any]) -> tuple[SketchTrainer, int, Callable[[], dict[str, float]]]:
+    """The trainer of sketch steps (see `mllm.train_stages.sketches`), the documents it draws from and a scorer of
+    the held-out sketch questions."""
+    sk, world = cfg.sketch, Path(cfg.sketch.world)
+    cells = load_cells(world / "sketch" / "cells.json")
+    images = sorted(cells)
+    random.Random(f"held-out-{cfg.seed}").shuffle(images)
+    held = set(images[: round(len(images) * sk.held_out)])
+    files = {"align": (world / "stage_data" / "align.json", "plain"),
+             "instruct": (world / "stage_data" / "instruct.json", "chat"),
+             "existence": (world / "sketch" / "existence.json", "chat"),
+             "reading": (world / "sketch" / "reading.json", "chat")}
+    weights = {"existence": sk.existence_weight, "reading": sk.reading_weight}
+    sets = {kind: SketchSet(path, fmt, world / "images", tokenizer, cells, held, sk.side, cfg.max_length)
+            for kind, (path, fmt) in files.items() if weights.get(kind, 1.0) > 0}
+    words = sorted({w for grid in cells.values() for ws in grid.values() for w in ws})
+    cell_ids = dict(zip(words, tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"],
+                        strict=True))
+    text = ConcatDataset(text_parts) if text_parts else None
+    repeats = RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, cfg.batch_size * sk.steps, cfg.seed)
+    batches = SketchBatches(sets, cells, cell_ids, text, repeats if sk.share + sk.text_share < 1 else None, sk,
+                            cfg.batch_size, tokenizer.pad_token_id, cfg.seed)
+    args = training_arguments(out / "trainer", 1, cfg.lr, 1, cfg.warmup_ratio, cfg.seed, max_steps=sk.steps,
+                              **options)
+    image_id = image_token_id(tokenizer)
+    trainer = SketchTrainer(model=model, args=args, train_dataset=batches, data_collator=first, image_id=image_id)
+    documents = sum(len(s.train) for s in sets.values()) + (len(text) if text is not None else 0)
+    return trainer, documents, lambda: held_out_scores(model, batches, image_id)

@@ -118,14 +118,16 @@ class StageTrainer(LengthGroupedTrainer):
 
 def training_arguments(output_dir: Path, batch_size: int, lr: float, epochs: float, warmup_ratio: float, seed: int,
                        checkpoint_every: int = 0, **more: Any) -> TrainingArguments:
-    """What every run of ours asks of the Trainer: cosine schedule after a warm-up fraction, the accelerator
+    """What every run of ours asks of the Trainer: a cosine schedule (unless `more` names another) after a
+    warm-up fraction, the accelerator
     when there is one, and Trainer checkpoints only every `checkpoint_every` steps when asked (stages write
     their own model folders)."""
     saving = {"save_strategy": "steps", "save_steps": checkpoint_every} if checkpoint_every else {"save_strategy": "no"}
+    more.setdefault("lr_scheduler_type", "cosine")
     return TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, learning_rate=lr,
         num_train_epochs=epochs, warmup_steps=warmup_ratio,  # a float below 1 is a fraction of all steps
-        lr_scheduler_type="cosine", use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False, seed=seed, **saving, **more,
     )
 

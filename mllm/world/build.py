@@ -10,6 +10,7 @@ Layout of the output folder:
     text/corpus.txt             the world's prose (captions, alt-text), one document a line, and
     text/reading.json           the instruction conversations with the dense caption in place of the
                                 image (text only): both warm up a language model from scratch
+    sketch/                     scene sketches and one-turn questions about them (`mllm.world.sketches`)
     tokenizer/                  byte-level BPE with a ChatML template (AutoTokenizer-loadable)
     world.json                  manifest: seed, scale, counts, held-out combinations
 """
@@ -34,6 +35,7 @@ from mllm.eval.prompts import build_prompt
 from mllm.world import language
 from mllm.world.render import check_variation, render
 from mllm.world.scene import SHAPES, Holdout, Scene, sample_scene
+from mllm.world.sketches import write_sketch_data
 from mllm.world.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,17 +65,6 @@ class WorldConfig:
     # How far pictures depart from the grid's regularity (see `render`): 0 keeps every object centred in its
     # patch, where a random tower's patch features are already near-exact.
     variation: float = 0.0
-
-
-def training_answer(family: str, doc: dict[str, Any]) -> str:
-    """The assistant's reply that a benchmark row's gold answer implies."""
-    if family == "textvqa":
-        return doc["answers"][0]
-    if family == "ocrbench":
-        return doc["answer"][0]
-    if family == "sqa_img":
-        return language.LETTERS[doc["answer"]]
-    return doc["answer"]
 
 
 def _jpeg(image: Any, quality: int) -> bytes:
@@ -111,7 +102,7 @@ def _conversations(key: str, scene: Scene, rng: random.Random, popular: list[str
         # A random subset, not a prefix: yes/no families list the "yes" question first, and a prefix
         # would tilt the mix two to one towards "yes".
         docs = rng.sample(docs, rng.randint(1, len(docs))) if docs else []
-        asked = [(build_prompt(family, doc), training_answer(family, doc)) for doc in docs]
+        asked = [(build_prompt(family, doc), language.training_answer(family, doc)) for doc in docs]
         if family in PAIRED_FAMILIES:
             partners += asked[1:]
             asked = asked[:1]
@@ -187,6 +178,8 @@ def _write_training(cfg: WorldConfig, out: Path, holdout: Holdout) -> tuple[list
     (out / "text").mkdir(exist_ok=True)
     (out / "text" / "corpus.txt").write_text("\n".join(prose) + "\n")
     (out / "text" / "reading.json").write_text(json.dumps(reading, indent=1))
+    write_sketch_data(out, [(f"{i:06d}", scene) for i, scene in enumerate(scenes)], popular, cfg.seed,
+                      POPE_CATEGORIES)
     return texts, popular
 
 

@@ -232,6 +232,17 @@ def pope(scene: Scene, rng: random.Random, category: str, popular: list[str]) ->
             {"question": f"Is there a {negative} in the image?", "answer": "no", "category": category}]
 
 
+def training_answer(family: str, doc: dict[str, Any]) -> str:
+    """The assistant's reply that a benchmark row's gold answer implies."""
+    if family == "textvqa":
+        return doc["answers"][0]
+    if family == "ocrbench":
+        return doc["answer"][0]
+    if family == "sqa_img":
+        return LETTERS[doc["answer"]]
+    return doc["answer"]
+
+
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     "textvqa": ("sign",), "chartqa": ("chart",), "ocrbench": ("sign",), "mme": ("objects", "sign"),
     "seed": ("objects",), "sqa_img": ("objects",), "gqa": ("objects",), "pope": ("objects", "sign"),
