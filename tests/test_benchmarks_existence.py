@@ -13,6 +13,7 @@ import torch
 
 from mllm.data.llava_json import load_records
 from mllm.eval.prompts import build_prompt
+from mllm.train_stages.sketches import load_cells
 from mllm.world.scene import SHAPES
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -149,8 +150,11 @@ def test_sketch_scenes_with_signs_put_the_word_in_every_cell_of_its_row(tiny_wor
         row, text, colour = match.groups()
         words = tuple(text) if text.isdigit() else (text,)
         first = 3 * ("Top", "Middle", "Bottom").index(row)
-        assert all(scenes[image][cell] == (*words, colour) for cell in range(first, first + 3)), captions[image]
+        assert all(tuple(scenes[image][cell]) == (*words, colour) for cell in range(first, first + 3)), captions[image]
         assert len(scenes[image]) == 3 + captions[image].count(": a "), captions[image]
+    # The sketches read off the captions are those the world drew from its scenes.
+    drawn = load_cells(tiny_world / "sketch" / "cells.json")
+    assert {image: {cell: list(words) for cell, words in grid.items()} for image, grid in scenes.items()} == drawn
 
 
 def test_collect_reads_sketch_lm_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

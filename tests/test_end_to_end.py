@@ -33,7 +33,7 @@ language:
   lr: 3.0e-3
   lr_schedule: constant
   logging_steps: 5
-  sketch: {steps: 30, one_object_steps: 10}
+  sketch: {steps: 30, existence_curriculum: [10]}
 train:
   logging_steps: 5
   stages:

@@ -112,10 +112,15 @@ def sketch_batches(world: Path, tokenizer, **options) -> SketchBatches:
     return SketchBatches(sets, cells, cell_ids, None, None, cfg, 8, tokenizer.pad_token_id, seed=0)
 
 
+def drawn(batches: SketchBatches, step: int) -> list[tuple[str, int]]:
+    kind, indices, _ = batches.draw(step)
+    return [(kind, i) for i in indices]
+
+
 def test_sketch_batches_are_fixed_by_step_and_keep_held_out_images_out(tiny_world: Path, tiny_lm: tuple) -> None:
     _, tokenizer = tiny_lm
     batches = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=0.5, reading_weight=0.0,
-                             one_object_steps=5)
+                             existence_curriculum=[5])
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     for step in range(20):
         batch = batches[step]
@@ -125,8 +130,11 @@ def test_sketch_batches_are_fixed_by_step_and_keep_held_out_images_out(tiny_worl
     for kind in batches.sets.values():
         assert not {kind.images[i] for i in kind.train} & {kind.images[i] for i in kind.held_out}
     existence = batches.sets["existence"]
-    one_object = {existence.images[i] for i in batches.one_object}
+    one_object = {existence.images[i] for i in batches.small_scenes[0]}
     assert one_object and all(len(batches.cells[image]) == 1 for image in one_object)
+    early = {batches.sets[k].images[i] for step in range(5) for k, i in drawn(batches, step) if k == "existence"}
+    later = {batches.sets[k].images[i] for step in range(5, 20) for k, i in drawn(batches, step) if k == "existence"}
+    assert early and early <= one_object and later - one_object
 
 
 def test_sketch_cell_tokens_spread_a_cell_over_a_16_towers_two_by_two(tiny_world: Path, tiny_lm: tuple) -> None:
@@ -144,10 +152,14 @@ def test_sketch_cell_tokens_spread_a_cell_over_a_16_towers_two_by_two(tiny_world
 def test_sketch_config_refuses_what_cannot_train(tiny_world: Path) -> None:
     with pytest.raises(ValueError, match="sketch.world"):
         SketchConfig(steps=5).check()
+    with pytest.raises(ValueError, match="sketch.steps"):
+        SketchConfig(world="w", steps=-1).check()
     with pytest.raises(ValueError, match="share"):
         SketchConfig(world="w", steps=5, share=0.8, text_share=0.5).check()
     with pytest.raises(ValueError, match="existence_weight"):
         SketchConfig(world="w", steps=5, existence_weight=0.7, reading_weight=0.5).check()
+    with pytest.raises(ValueError, match="existence_curriculum"):
+        SketchConfig(world="w", steps=5, existence_curriculum=[300, 200]).check()
     with pytest.raises(ValueError, match="side"):
         SketchConfig(world="w", steps=5, side=4).check()
 
@@ -168,7 +180,8 @@ def test_sketch_warm_up_learns_and_scores_held_out_questions(tmp_path: Path, tin
     cfg = LanguageConfig(out=str(tmp_path / "lm"), corpus=str(text / "corpus.txt"),
                          conversations=[str(text / "reading.json")], llm=llm, batch_size=16, lr=3e-3,
                          lr_schedule="constant", warmup_ratio=0.0, logging_steps=1,
-                         sketch=SketchConfig(world=str(tiny_world), steps=40, text_share=0.25, one_object_steps=10))
+                         sketch=SketchConfig(world=str(tiny_world), steps=40, text_share=0.25,
+                                             existence_curriculum=[10]))
     summary = pretrain_language(cfg)
     assert summary["steps"] == 40 and summary["final_loss"] < 0.7 * summary["first_loss"]
     held = summary["held_out"]

@@ -7,8 +7,8 @@ look up what its image positions hold, which a tiny LM trained on text alone nev
 then has a target the LM already reads (an encoder cell's features to something like its words' embeddings).
 
 Each step is one batch, as the recipe measured in `benchmarks/sketch_lm.py` is: `share` of it sketch samples
-of one kind (drawn by the kind weights; existence questions about one-object scenes only for the first
-`one_object_steps`), `text_share` corpus lines and text conversations, the rest `RepeatedWords`; the loss is
+of one kind (drawn by the kind weights; existence questions grow from scenes of one filled cell to all scenes
+along `existence_curriculum`), `text_share` corpus lines and text conversations, the rest `RepeatedWords`; the loss is
 the sum of the three parts' token means, so one-word answers weigh as much as long captions.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,15 @@ class SketchConfig:
     text_share: float = 0.0  # of each batch: corpus lines and text conversations; the rest are word repeats
     existence_weight: float = 0.6  # chance that a step's sketch samples are existence (POPE) questions
     reading_weight: float = 0.15   # ... reading questions; alignment captions and instructions share the rest
-    one_object_steps: int = 0      # the first N steps' existence questions are about one-object scenes only
+    # Steps up to which existence questions are about scenes of at most 1, 2, ... filled cells (one cell to
+    # check before nine): [500, 650] is one until step 500, at most two until 650, then all scenes.
+    existence_curriculum: list[int] = field(default_factory=list)
     side: int = 3            # image tokens per side: 3 for a /32 tower at 96 px, 6 for a /16 one
     held_out: float = 0.1    # share of sketched images kept out of training and scored at the end
 
     def check(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"sketch.steps must be >= 0, got {self.steps}")
         if not self.world:
             raise ValueError("sketch.world must name a world folder when sketch.steps > 0")
         if not (0 < self.share and self.share + self.text_share <= 1):
@@ -59,6 +63,9 @@ class SketchConfig:
             raise ValueError("sketch.existence_weight and reading_weight must be >= 0 with a sum <= 1")
         if self.side not in (3, 6):
             raise ValueError(f"sketch.side must be 3 or 6, got {self.side}")
+        if sorted(self.existence_curriculum) != self.existence_curriculum or any(
+                s < 0 for s in self.existence_curriculum):
+            raise ValueError(f"sketch.existence_curriculum must be ascending steps, got {self.existence_curriculum}")
         if not 0 <= self.held_out < 1:
             raise ValueError(f"sketch.held_out must be in [0, 1), got {self.held_out}")
 
@@ -102,19 +109,26 @@ class SketchBatches(Dataset):
         self.kinds = [k for k in KINDS if k in sets]
         weights = {"align": rest, "instruct": rest, "existence": cfg.existence_weight, "reading": cfg.reading_weight}
         self.weights = [weights[k] for k in self.kinds]
-        self.one_object = [i for i in sets["existence"].train
-                           if len(cells[sets["existence"].images[i]]) == 1] if "existence" in sets else []
+        existence = sets.get("existence")
+        self.small_scenes = [[i for i in existence.train if len(cells[existence.images[i]]) <= limit]
+                             for limit in range(1, len(cfg.existence_curriculum) + 1)] if existence else []
 
     def __len__(self) -> int:
         return self.cfg.steps
 
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+    def draw(self, step: int) -> tuple[str, list[int], random.Random]:
+        """The kind of the step's sketch samples, their indices in that kind's set, and the step's generator."""
         rng = random.Random(self.seed * 1_000_003 + step)
         kind = rng.choices(self.kinds, self.weights)[0]
         pool = self.sets[kind].train
-        if kind == "existence" and step < self.cfg.one_object_steps and self.one_object:
-            pool = self.one_object
-        chosen = rng.sample(pool, min(self.n_sketch, len(pool)))
+        if kind == "existence":
+            stage = next((k for k, last in enumerate(self.cfg.existence_curriculum) if step < last), None)
+            if stage is not None and self.small_scenes[stage]:
+                pool = self.small_scenes[stage]
+        return kind, rng.sample(pool, min(self.n_sketch, len(pool))), rng
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        kind, chosen, rng = self.draw(step)
         items = [self.sets[kind].data.samples[i] for i in chosen]
         rows = [{"input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels)} for s in items]
         parts = [SKETCH] * len(rows)
