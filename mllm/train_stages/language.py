@@ -3,8 +3,11 @@
 LLaVA starts from a pretrained, instruction-following LLM; the synthetic world cannot download one, so
 this trains the tiny Llama on the world's prose (every token) and on text-only conversations in LLaVA
 format (assistant replies only, rendered with the chat template), optionally mixed with repeated runs of
-the corpus's words (`repeat_fraction`, see `RepeatedWords`). The output is a plain Hugging Face
-folder (model + tokenizer) that any recipe loads through `llm.path`, like a downloaded Llama-3 or SmolLM.
+the corpus's words (`repeat_fraction`, see `RepeatedWords`); with `sketch.steps` it trains instead on the
+world's stage data with scene sketches where the images go (`mllm.train_stages.sketches`), so that the LM
+can look up what its image positions hold before any encoder is attached. The output is a plain Hugging
+Face folder (model + tokenizer) that any recipe loads through `llm.path`, like a downloaded Llama-3 or
+SmolLM.
 """
 
 from __future__ import annotations
