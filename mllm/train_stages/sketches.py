@@ -7,9 +7,10 @@ look up what its image positions hold, which a tiny LM trained on text alone nev
 then has a target the LM already reads (an encoder cell's features to something like its words' embeddings).
 
 Each step is one batch, as the recipe measured in `benchmarks/sketch_lm.py` is: `share` of it sketch samples
-of one kind (drawn by the kind weights; existence questions grow from scenes of one filled cell to all scenes
-along `existence_curriculum`), `text_share` corpus lines and text conversations, the rest `RepeatedWords`; the loss is
-the sum of the three parts' token means, so one-word answers weigh as much as long captions.
+of one kind (drawn by the kind weights; existence questions grow from scenes of one filled cell to all
+scenes along `existence_curriculum`), `text_share` corpus lines and text conversations, the rest
+`RepeatedWords`; the loss is the sum of the three parts' token means, so one-word answers weigh as much as
+long captions.
 """
 
 from __future__ import annotations
