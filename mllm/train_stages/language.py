@@ -29,7 +29,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from mllm.data.conversation import IGNORE_INDEX, bos
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
-from mllm.llm import LLMConfig, build_llm, load_tokenizer
+from mllm.llm import IMAGE_TOKEN, LLMConfig, build_llm, load_tokenizer
 from mllm.train_stages.sketches import (
     SketchBatches,
     SketchConfig,
@@ -37,7 +37,6 @@ from mllm.train_stages.sketches import (
     SketchTrainer,
     first,
     held_out_scores,
-    image_token_id,
     load_cells,
 )
 from mllm.train_stages.vlm_trainer import LengthGroupedTrainer, training_arguments
@@ -207,12 +206,13 @@ def _sketch_trainer(cfg: LanguageConfig, model: torch.nn.Module, tokenizer: Any,
     cell_ids = dict(zip(words, tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"],
                         strict=True))
     text = ConcatDataset(text_parts) if text_parts else None
-    repeats = RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, cfg.batch_size * sk.steps, cfg.seed)
-    batches = SketchBatches(sets, cells, cell_ids, text, repeats if sk.share + sk.text_share < 1 else None, sk,
-                            cfg.batch_size, tokenizer.pad_token_id, cfg.seed)
+    repeats = (RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, cfg.batch_size * sk.steps, cfg.seed)
+               if sk.share + sk.text_share < 1 else None)
+    batches = SketchBatches(sets, cells, cell_ids, text, repeats, sk, cfg.batch_size, tokenizer.pad_token_id,
+                            cfg.seed)
     args = training_arguments(out / "trainer", 1, cfg.lr, 1, cfg.warmup_ratio, cfg.seed, max_steps=sk.steps,
                               **options)
-    image_id = image_token_id(tokenizer)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)  # load_tokenizer adds it when missing
     trainer = SketchTrainer(model=model, args=args, train_dataset=batches, data_collator=first, image_id=image_id)
     documents = sum(len(s.train) for s in sets.values()) + (len(text) if text is not None else 0)
     return trainer, documents, lambda: held_out_scores(model, batches, image_id)

@@ -30,7 +30,6 @@ from transformers import Trainer
 from mllm.data.conversation import IGNORE_INDEX
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
-from mllm.llm import IMAGE_TOKEN
 
 SKETCH, TEXT, REPEAT = 0, 1, 2  # batch parts
 KINDS = ("align", "instruct", "existence", "reading")
@@ -128,19 +127,23 @@ class SketchBatches(Dataset):
                 pool = self.small_scenes[stage]
         return kind, rng.sample(pool, min(self.n_sketch, len(pool))), rng
 
+    def encode(self, kind: str, indices: list[int]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """Rows of samples `indices` of `sets[kind]` for `collate`, and their sketches' cell tokens and mask."""
+        data = self.sets[kind]
+        rows = [{"input_ids": torch.tensor(data.data.samples[i].input_ids),
+                 "labels": torch.tensor(data.data.samples[i].labels)} for i in indices]
+        return rows, *self.cell_tokens([data.images[i] for i in indices])
+
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         kind, chosen, rng = self.draw(step)
-        items = [self.sets[kind].data.samples[i] for i in chosen]
-        rows = [{"input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels)} for s in items]
+        rows, sketch_ids, sketch_mask = self.encode(kind, chosen)
         parts = [SKETCH] * len(rows)
         for documents, n, part in ((self.text, self.n_text, TEXT), (self.repeats, self.n_repeat, REPEAT)):
             if n:
                 rows += [documents[rng.randrange(len(documents))] for _ in range(n)]
                 parts += [part] * n
         batch = collate(rows, self.pad_id)
-        batch["part"] = torch.tensor(parts)
-        images = [self.sets[kind].images[i] for i in chosen]
-        batch["sketch_ids"], batch["sketch_mask"] = self.cell_tokens(images)
+        batch["part"], batch["sketch_ids"], batch["sketch_mask"] = torch.tensor(parts), sketch_ids, sketch_mask
         return batch
 
     def cell_tokens(self, images: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,13 +205,6 @@ class SketchTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def image_token_id(tokenizer: Any) -> int:
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    if image_id is None or image_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token: sketches need one")
-    return image_id
-
-
 @torch.no_grad()
 def held_out_scores(model: nn.Module, batches: SketchBatches, image_id: int, batch_size: int = 64
                     ) -> dict[str, float]:
@@ -220,14 +216,10 @@ def held_out_scores(model: nn.Module, batches: SketchBatches, image_id: int, bat
     for kind in ("existence", "reading"):
         if kind not in batches.sets or not batches.sets[kind].held_out:
             continue
-        data, indices, right = batches.sets[kind], batches.sets[kind].held_out, []
+        indices, right = batches.sets[kind].held_out, []
         for start in range(0, len(indices), batch_size):
-            chosen = indices[start : start + batch_size]
-            rows = [{"input_ids": torch.tensor(data.data.samples[i].input_ids),
-                     "labels": torch.tensor(data.data.samples[i].labels)} for i in chosen]
-            batch = collate(rows, batches.pad_id)
-            ids, mask = batches.cell_tokens([data.images[i] for i in chosen])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            rows, ids, mask = batches.encode(kind, indices[start : start + batch_size])
+            batch = {k: v.to(device) for k, v in collate(rows, batches.pad_id).items()}
             embeds = sketch_embeddings(model.get_input_embeddings(), batch["input_ids"], image_id, ids.to(device),
                                        mask.to(device))
             logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits

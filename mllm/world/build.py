@@ -81,14 +81,6 @@ DESCRIBE = "Describe the image in detail."
 PAIRED_FAMILIES = ("mme", "pope")
 
 
-def _record(key: str, turns: list[tuple[str, str]], suffix: str = "") -> dict[str, Any]:
-    conversations = []
-    for i, (question, answer) in enumerate(turns):
-        conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
-        conversations.append({"from": "gpt", "value": answer})
-    return {"id": key + suffix, "image": f"train/{key}.jpg", "conversations": conversations}
-
-
 def _conversations(key: str, scene: Scene, rng: random.Random, popular: list[str]) -> list[dict[str, Any]]:
     """A multi-turn LLaVA-format conversation mixing the question families that fit the scene, and a one-turn
     record for the second question of each yes/no pair (MME, POPE: one "yes", one "no" about the image). In
@@ -108,8 +100,8 @@ def _conversations(key: str, scene: Scene, rng: random.Random, popular: list[str
             asked = asked[:1]
         turns += asked
     rng.shuffle(turns)
-    records = [_record(key, turns or [(DESCRIBE, language.dense_caption(scene))])]
-    return records + [_record(key, [turn], suffix=f"-pair{i}") for i, turn in enumerate(partners)]
+    records = [language.record(key, turns or [(DESCRIBE, language.dense_caption(scene))])]
+    return records + [language.record(key, [turn], suffix=f"-pair{i}") for i, turn in enumerate(partners)]
 
 
 def _as_reading(record: dict[str, Any], caption: str) -> dict[str, Any]:
@@ -161,13 +153,13 @@ def _write_training(cfg: WorldConfig, out: Path, holdout: Holdout) -> tuple[list
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime = len(payload), 0
             tar.addfile(info, io.BytesIO(payload))
-        align.append(_record(key, [("Describe the image.", dense)]))
+        align.append(language.record(key, [("Describe the image.", dense)]))
         conversations = _conversations(key, scene, rng, popular)
         instruct += conversations
         reading += [_as_reading(c, dense) for c in conversations
                     if any(t["value"] != dense for t in c["conversations"][1::2])]
         if rng.random() < cfg.describe_prob:
-            instruct.append(_record(key, [(DESCRIBE, dense)], suffix="-describe"))
+            instruct.append(language.record(key, [(DESCRIBE, dense)], suffix="-describe"))
         prose += [dense, alt]
         texts += [dense, alt] + [turn["value"] for c in conversations for turn in c["conversations"]]
     if tar is not None:

@@ -243,6 +243,15 @@ def training_answer(family: str, doc: dict[str, Any]) -> str:
     return doc["answer"]
 
 
+def record(key: str, turns: list[tuple[str, str]], suffix: str = "") -> dict[str, Any]:
+    """A LLaVA-format record of training image `key` asking `turns` (question, answer), the image first."""
+    conversations = []
+    for i, (question, answer) in enumerate(turns):
+        conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        conversations.append({"from": "gpt", "value": answer})
+    return {"id": key + suffix, "image": f"train/{key}.jpg", "conversations": conversations}
+
+
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     "textvqa": ("sign",), "chartqa": ("chart",), "ocrbench": ("sign",), "mme": ("objects", "sign"),
     "seed": ("objects",), "sqa_img": ("objects",), "gqa": ("objects",), "pope": ("objects", "sign"),

@@ -10,8 +10,8 @@ encoder's features where the sketch was.
 
 The world writes, beside its stage data:
     sketch/cells.json       image -> {cell index: [words]} for every training image that is not a chart
-    sketch/existence.json   one-turn POPE questions about those images (a "yes" and a "no" each, the "no"
-                            by POPE's negative sampling), each with the scene's object count in `objects`
+    sketch/existence.json   one-turn POPE questions about those images that hold shapes (a "yes" and a "no"
+                            each, the "no" by POPE's negative sampling)
     sketch/reading.json     one-turn TextVQA and OCRBench questions about every sign
 One turn each, because in one conversation a model learns a later answer from an earlier one.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 from mllm.eval.prompts import build_prompt
 from mllm.world import language
@@ -46,29 +45,22 @@ def scene_cells(scene: Scene) -> Cells | None:
     return cells
 
 
-def _one_turn(record_id: str, image: str, question: str, answer: str, **extra: Any) -> dict[str, Any]:
-    return {"id": record_id, "image": image, **extra, "conversations": [
-        {"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}]}
-
-
 def write_sketch_data(out: Path, scenes: list[tuple[str, Scene]], popular: list[str], seed: int,
                       categories: tuple[str, ...]) -> dict[str, int]:
     """Write `out/sketch/` for the training scenes `(key, scene)`; how many records each file holds."""
     rng = random.Random(f"sketch-{seed}")
     cells, existence, reading = {}, [], []
     for key, scene in scenes:
-        image = f"train/{key}.jpg"
         sketch = scene_cells(scene)
         if sketch is None:
             continue
-        cells[image] = sketch
+        cells[f"train/{key}.jpg"] = sketch
         for i, doc in enumerate(language.pope(scene, rng, rng.choice(categories), popular)):
-            existence.append(_one_turn(f"{key}-pope{i}", image, build_prompt("pope", doc), doc["answer"],
-                                       objects=len(scene.shapes)))
+            existence.append(language.record(key, [(build_prompt("pope", doc), doc["answer"])], f"-pope{i}"))
         for family in ("textvqa", "ocrbench"):
             for i, doc in enumerate(getattr(language, family)(scene, rng)):
-                reading.append(_one_turn(f"{key}-{family}{i}", image, build_prompt(family, doc),
-                                         language.training_answer(family, doc)))
+                turn = (build_prompt(family, doc), language.training_answer(family, doc))
+                reading.append(language.record(key, [turn], f"-{family}{i}"))
     folder = out / "sketch"
     folder.mkdir(parents=True, exist_ok=True)
     files = {"cells": cells, "existence": existence, "reading": reading}
