@@ -87,6 +87,7 @@ def test_results_hold_both_variants_with_every_benchmark(demo_run: Path) -> None
     table = (demo_run / "results.md").read_text()
     assert "| **mean** |" in table and "random encoder" in table
     timings = json.loads((demo_run / "timings.json").read_text())
-    parts = sum(timings[k] for k in ("world", "pretrain", "pretrain_lm", "vlms"))
-    assert parts <= timings["total"] <= parts + 60
+    parts = [timings[k] for k in ("world", "pretrain", "pretrain_lm", "vlms")]
+    rounding = 0.05 * (len(parts) + 1)  # every figure is rounded to 0.1 s
+    assert sum(parts) - rounding <= timings["total"] <= sum(parts) + 60
     assert set(timings["vlm_parts"]) == {f"{part}_{v}" for part in ("train", "eval") for v in ("ov2", "random_encoder")}
