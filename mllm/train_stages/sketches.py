@@ -48,6 +48,9 @@ class SketchConfig:
     # Steps up to which existence questions are about scenes of at most 1, 2, ... filled cells (one cell to
     # check before nine): [500, 650] is one until step 500, at most two until 650, then all scenes.
     existence_curriculum: list[int] = field(default_factory=list)
+    # Existence steps draw images and ask all their questions (a present and an absent shape), so that within a
+    # batch neither the image nor, on average, the question alone predicts the answer.
+    existence_pairs: bool = True
     side: int = 3            # image tokens per side: 3 for a /32 tower at 96 px, 6 for a /16 one
     held_out: float = 0.1    # share of sketched images kept out of training and scored at the end
 
@@ -112,6 +115,9 @@ class SketchBatches(Dataset):
         existence = sets.get("existence")
         self.small_scenes = [[i for i in existence.train if len(cells[existence.images[i]]) <= limit]
                              for limit in range(1, len(cfg.existence_curriculum) + 1)] if existence else []
+        # Existence pools (each curriculum stage's, then all training questions) as groups of one image's questions.
+        self.existence_groups = [_by_image(pool, existence.images) for pool in [*self.small_scenes, existence.train]
+                                 ] if existence else []
 
     def __len__(self) -> int:
         return self.cfg.steps
@@ -123,8 +129,13 @@ class SketchBatches(Dataset):
         pool = self.sets[kind].train
         if kind == "existence":
             stage = next((k for k, last in enumerate(self.cfg.existence_curriculum) if step < last), None)
-            if stage is not None and self.small_scenes[stage]:
-                pool = self.small_scenes[stage]
+            if stage is None or not self.small_scenes[stage]:
+                stage = -1
+            pool = self.small_scenes[stage] if stage >= 0 else pool
+            if self.cfg.existence_pairs:
+                groups = self.existence_groups[stage]
+                chosen = rng.sample(groups, min(max(1, self.n_sketch // 2), len(groups)))
+                return kind, [i for group in chosen for i in group], rng
         return kind, rng.sample(pool, min(self.n_sketch, len(pool))), rng
 
     def encode(self, kind: str, indices: list[int]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
@@ -159,6 +170,13 @@ class SketchBatches(Dataset):
         for i, r in enumerate(rows):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1.0
         return ids, mask
+
+
+def _by_image(indices: list[int], images: list[str]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        groups.setdefault(images[i], []).append(i)
+    return list(groups.values())
 
 
 def sketch_embeddings(embed: nn.Embedding, input_ids: torch.Tensor, image_id: int, sketch_ids: torch.Tensor,
