@@ -22,7 +22,7 @@ from mllm.train_stages.sketches import (
     sketch_embeddings,
 )
 from mllm.world.scene import Bar, Scene, Shape, Text
-from mllm.world.sketches import rotated, scene_cells
+from mllm.world.sketches import scene_cells
 
 
 def test_scene_cells_put_objects_in_their_cell_and_a_sign_in_its_row() -> None:
@@ -72,30 +72,6 @@ def tiny_lm(tiny_world: Path) -> tuple:
     return build_llm(cfg, tokenizer), tokenizer
 
 
-def test_a_rotated_twin_keeps_the_answer_under_another_letter() -> None:
-    seed = {"question": "What colour is the star?", "answer": "C", "choice_a": "red", "choice_b": "blue",
-            "choice_c": "green", "choice_d": "pink"}
-    twin = rotated("seed", seed)
-    assert twin["answer"] == "B" and twin["choice_b"] == "green" and twin["choice_d"] == "red"
-    sqa = {"question": "Which object is larger?", "choices": ["the red star", "the blue ring"], "answer": 0}
-    assert rotated("sqa_img", sqa) == {**sqa, "choices": ["the blue ring", "the red star"], "answer": 1}
-
-
-def options(prompt: str) -> dict[str, str]:
-    return dict(line.split(". ", 1) for line in prompt.splitlines() if line[:1] in "ABCD" and line[1:3] == ". ")
-
-
-def test_world_writes_multiple_choice_twins_whose_right_option_moves(tiny_world: Path) -> None:
-    choice = json.loads((tiny_world / "sketch" / "choice.json").read_text())
-    cells = load_cells(tiny_world / "sketch" / "cells.json")
-    assert choice and len(choice) % 2 == 0
-    for first, twin in zip(choice[::2], choice[1::2], strict=True):
-        assert twin["id"] == first["id"] + "r" and twin["image"] == first["image"] and first["image"] in cells
-        (q1, a1), (q2, a2) = ((r["conversations"][0]["value"], r["conversations"][1]["value"]) for r in (first, twin))
-        assert a1 != a2 and options(q1)[a1] == options(q2)[a2]
-        assert sorted(options(q1).values()) == sorted(options(q2).values())
-
-
 def test_sketch_embeddings_sum_each_cells_word_embeddings_in_image_token_order(tiny_lm: tuple) -> None:
     model, _ = tiny_lm
     embed, image_id = model.get_input_embeddings(), 5
@@ -130,8 +106,7 @@ def sketch_batches(world: Path, tokenizer, **options) -> SketchBatches:
     held = set(images[:10])
     sets = {kind: SketchSet(path, fmt, world / "images", tokenizer, cells, held, cfg.side, 256) for kind, path, fmt in (
         ("align", world / "stage_data" / "align.json", "plain"),
-        ("existence", world / "sketch" / "existence.json", "chat"),
-        ("choice", world / "sketch" / "choice.json", "chat"))}
+        ("existence", world / "sketch" / "existence.json", "chat"))}
     words = sorted({w for grid in cells.values() for ws in grid.values() for w in ws})
     cell_ids = dict(zip(words, tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"], strict=True))
     return SketchBatches(sets, cells, cell_ids, None, None, cfg, 8, tokenizer.pad_token_id, seed=0)
@@ -162,30 +137,23 @@ def test_sketch_batches_are_fixed_by_step_and_keep_held_out_images_out(tiny_worl
     assert early and early <= one_object and later - one_object
 
 
-@pytest.mark.parametrize("kind", ["existence", "choice"])
-def test_existence_and_choice_steps_ask_both_questions_of_each_drawn_image(kind: str, tiny_world: Path,
-                                                                            tiny_lm: tuple) -> None:
-    _, tokenizer = tiny_lm
-    weights = {"existence_weight": float(kind == "existence"), "choice_weight": float(kind == "choice")}
-    batches = sketch_batches(tiny_world, tokenizer, share=1.0, reading_weight=0.0, existence_curriculum=[5],
-                             **weights)
-    questions = batches.sets[kind]
-    for step in (0, 10):
-        drawn_kind, indices, _ = batches.draw(step)
-        assert drawn_kind == kind and len(indices) == len(set(indices)) == 8
-        images = [questions.images[i] for i in indices]
-        assert all(images.count(image) == 2 for image in images)
-        for image in set(images):
-            answers = [next(t for t in questions.data.samples[i].labels if t != IGNORE_INDEX)
-                       for i, im in zip(indices, images, strict=True) if im == image]
-            assert answers[0] != answers[1]  # "yes" and "no", or the right option under two letters
-
-
-def test_existence_steps_without_pairs_draw_questions_one_by_one(tiny_world: Path, tiny_lm: tuple) -> None:
+def test_existence_steps_ask_both_questions_of_each_drawn_image(tiny_world: Path, tiny_lm: tuple) -> None:
     _, tokenizer = tiny_lm
     batches = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=1.0, reading_weight=0.0,
-                             existence_pairs=False)
-    images = [batches.sets["existence"].images[i] for i in batches.draw(10)[1]]
+                             existence_curriculum=[5])
+    existence = batches.sets["existence"]
+    for step in (0, 10):
+        kind, indices, _ = batches.draw(step)
+        assert kind == "existence" and len(indices) == len(set(indices)) == 8
+        images = [existence.images[i] for i in indices]
+        assert all(images.count(image) == 2 for image in images)
+        for image in set(images):
+            answers = [next(t for t in existence.data.samples[i].labels if t != IGNORE_INDEX)
+                       for i, im in zip(indices, images, strict=True) if im == image]
+            assert answers[0] != answers[1]  # "yes" about a present shape, "no" about an absent one
+    unpaired = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=1.0, reading_weight=0.0,
+                              existence_pairs=False)
+    images = [existence.images[i] for i in unpaired.draw(10)[1]]
     assert len(images) == 8 and len(set(images)) > 4
 
 
