@@ -13,7 +13,6 @@ The world writes, beside its stage data:
     sketch/existence.json   one-turn POPE questions about those images that hold shapes (a "yes" and a "no"
                             each, the "no" by POPE's negative sampling)
     sketch/reading.json     one-turn TextVQA and OCRBench questions about every sign
-    sketch/mme.json         MME's one-turn yes/no pair (existence, count, position, colour or OCR) about each scene
 One turn each, because in one conversation a model learns a later answer from an earlier one.
 """
 
@@ -49,8 +48,8 @@ def scene_cells(scene: Scene) -> Cells | None:
 def write_sketch_data(out: Path, scenes: list[tuple[str, Scene]], popular: list[str], seed: int,
                       categories: tuple[str, ...]) -> dict[str, int]:
     """Write `out/sketch/` for the training scenes `(key, scene)`; how many records each file holds."""
-    rng, mme_rng = random.Random(f"sketch-{seed}"), random.Random(f"sketch-mme-{seed}")
-    cells, existence, reading, mme = {}, [], [], []
+    rng = random.Random(f"sketch-{seed}")
+    cells, existence, reading = {}, [], []
     for key, scene in scenes:
         sketch = scene_cells(scene)
         if sketch is None:
@@ -62,11 +61,9 @@ def write_sketch_data(out: Path, scenes: list[tuple[str, Scene]], popular: list[
             for i, doc in enumerate(getattr(language, family)(scene, rng)):
                 turn = (build_prompt(family, doc), language.training_answer(family, doc))
                 reading.append(language.record(key, [turn], f"-{family}{i}"))
-        for i, doc in enumerate(language.mme(scene, mme_rng)):
-            mme.append(language.record(key, [(build_prompt("mme", doc), doc["answer"])], f"-mme{i}"))
     folder = out / "sketch"
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"cells": cells, "existence": existence, "reading": reading, "mme": mme}
+    files = {"cells": cells, "existence": existence, "reading": reading}
     for name, data in files.items():
         (folder / f"{name}.json").write_text(json.dumps(data, indent=1))
     return {name: len(data) for name, data in files.items()}
