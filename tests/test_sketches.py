@@ -140,7 +140,7 @@ def test_sketch_batches_are_fixed_by_step_and_keep_held_out_images_out(tiny_worl
 def test_existence_steps_ask_both_questions_of_each_drawn_image(tiny_world: Path, tiny_lm: tuple) -> None:
     _, tokenizer = tiny_lm
     batches = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=1.0, reading_weight=0.0,
-                             existence_curriculum=[5])
+                             existence_curriculum=[5], existence_pairs=True)
     existence = batches.sets["existence"]
     for step in (0, 10):
         kind, indices, _ = batches.draw(step)
@@ -151,8 +151,7 @@ def test_existence_steps_ask_both_questions_of_each_drawn_image(tiny_world: Path
             answers = [next(t for t in existence.data.samples[i].labels if t != IGNORE_INDEX)
                        for i, im in zip(indices, images, strict=True) if im == image]
             assert answers[0] != answers[1]  # "yes" about a present shape, "no" about an absent one
-    unpaired = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=1.0, reading_weight=0.0,
-                              existence_pairs=False)
+    unpaired = sketch_batches(tiny_world, tokenizer, share=1.0, existence_weight=1.0, reading_weight=0.0)
     images = [existence.images[i] for i in unpaired.draw(10)[1]]
     assert len(images) == 8 and len(set(images)) > 4
 

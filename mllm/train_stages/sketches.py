@@ -49,8 +49,9 @@ class SketchConfig:
     # check before nine): [500, 650] is one until step 500, at most two until 650, then all scenes.
     existence_curriculum: list[int] = field(default_factory=list)
     # Existence steps draw images and ask all their questions (a present and an absent shape), so that within a
-    # batch neither the image nor, on average, the question alone predicts the answer.
-    existence_pairs: bool = True
+    # batch neither the image nor, on average, the question alone predicts the answer: the check forms on more
+    # seeds, though the demo's VLMs did not gain from it (benchmarks/results/demo_sketch_recipe_cpu.json).
+    existence_pairs: bool = False
     side: int = 3            # image tokens per side: 3 for a /32 tower at 96 px, 6 for a /16 one
     held_out: float = 0.1    # share of sketched images kept out of training and scored at the end
 
