@@ -198,9 +198,8 @@ def _sketch_trainer(cfg: LanguageConfig, model: torch.nn.Module, tokenizer: Any,
     files = {"align": (world / "stage_data" / "align.json", "plain"),
              "instruct": (world / "stage_data" / "instruct.json", "chat"),
              "existence": (world / "sketch" / "existence.json", "chat"),
-             "reading": (world / "sketch" / "reading.json", "chat"),
-             "choice": (world / "sketch" / "choice.json", "chat")}
-    weights = {"existence": sk.existence_weight, "reading": sk.reading_weight, "choice": sk.choice_weight}
+             "reading": (world / "sketch" / "reading.json", "chat")}
+    weights = {"existence": sk.existence_weight, "reading": sk.reading_weight}
     sets = {kind: SketchSet(path, fmt, world / "images", tokenizer, cells, held, sk.side, cfg.max_length)
             for kind, (path, fmt) in files.items() if weights.get(kind, 1.0) > 0}
     words = sorted({w for grid in cells.values() for ws in grid.values() for w in ws})

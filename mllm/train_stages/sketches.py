@@ -32,7 +32,7 @@ from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 
 SKETCH, TEXT, REPEAT = 0, 1, 2  # batch parts
-KINDS = ("align", "instruct", "existence", "reading", "choice")
+KINDS = ("align", "instruct", "existence", "reading")
 
 
 @dataclass
@@ -44,14 +44,14 @@ class SketchConfig:
     share: float = 0.5       # of each batch: sketch samples
     text_share: float = 0.0  # of each batch: corpus lines and text conversations; the rest are word repeats
     existence_weight: float = 0.6  # chance that a step's sketch samples are existence (POPE) questions
-    reading_weight: float = 0.15   # ... reading questions
-    choice_weight: float = 0.0     # ... multiple-choice twins; alignment captions and instructions share the rest
+    reading_weight: float = 0.15   # ... reading questions; alignment captions and instructions share the rest
     # Steps up to which existence questions are about scenes of at most 1, 2, ... filled cells (one cell to
     # check before nine): [500, 650] is one until step 500, at most two until 650, then all scenes.
     existence_curriculum: list[int] = field(default_factory=list)
     # Existence steps draw images and ask all their questions (a present and an absent shape), so that within a
-    # batch neither the image nor, on average, the question alone predicts the answer.
-    existence_pairs: bool = True
+    # batch neither the image nor, on average, the question alone predicts the answer: the check forms on more
+    # seeds, though the demo's VLMs did not gain from it (benchmarks/results/demo_sketch_recipe_cpu.json).
+    existence_pairs: bool = False
     side: int = 3            # image tokens per side: 3 for a /32 tower at 96 px, 6 for a /16 one
     held_out: float = 0.1    # share of sketched images kept out of training and scored at the end
 
@@ -63,9 +63,8 @@ class SketchConfig:
         if not (0 < self.share and self.share + self.text_share <= 1):
             raise ValueError(f"sketch.share must be > 0 and share + text_share <= 1, got {self.share}, "
                              f"{self.text_share}")
-        weights = (self.existence_weight, self.reading_weight, self.choice_weight)
-        if min(weights) < 0 or sum(weights) > 1:
-            raise ValueError("sketch.existence_weight, reading_weight and choice_weight must be >= 0 with a sum <= 1")
+        if self.existence_weight < 0 or self.reading_weight < 0 or self.existence_weight + self.reading_weight > 1:
+            raise ValueError("sketch.existence_weight and reading_weight must be >= 0 with a sum <= 1")
         if self.side not in (3, 6):
             raise ValueError(f"sketch.side must be 3 or 6, got {self.side}")
         if sorted(self.existence_curriculum) != self.existence_curriculum or any(
@@ -110,22 +109,16 @@ class SketchBatches(Dataset):
         self.n_sketch = max(1, round(batch_size * cfg.share))
         self.n_text = round(batch_size * cfg.text_share) if text is not None else 0
         self.n_repeat = batch_size - self.n_sketch - self.n_text if repeats is not None else 0
-        rest = (1 - cfg.existence_weight - cfg.reading_weight - cfg.choice_weight) / 2
+        rest = (1 - cfg.existence_weight - cfg.reading_weight) / 2
         self.kinds = [k for k in KINDS if k in sets]
-        weights = {"align": rest, "instruct": rest, "existence": cfg.existence_weight, "reading": cfg.reading_weight,
-                   "choice": cfg.choice_weight}
+        weights = {"align": rest, "instruct": rest, "existence": cfg.existence_weight, "reading": cfg.reading_weight}
         self.weights = [weights[k] for k in self.kinds]
         existence = sets.get("existence")
         self.small_scenes = [[i for i in existence.train if len(cells[existence.images[i]]) <= limit]
                              for limit in range(1, len(cfg.existence_curriculum) + 1)] if existence else []
-        choice = sets.get("choice")
-        self.small_choice = [[i for i in choice.train if len(cells[choice.images[i]]) <= limit]
-                             for limit in range(1, len(cfg.existence_curriculum) + 1)] if choice else []
-        # Pools drawn by image, as groups of one image's questions: existence (each curriculum stage's, then all
-        # training questions) and the multiple-choice twins.
-        self.groups = {kind: [_by_image(pool, sets[kind].images) for pool in pools] for kind, pools in (
-            ("existence", [*self.small_scenes, existence.train] if existence else []),
-            ("choice", [*self.small_choice, choice.train] if choice else []))}
+        # Existence pools (each curriculum stage's, then all training questions) as groups of one image's questions.
+        self.existence_groups = [_by_image(pool, existence.images) for pool in [*self.small_scenes, existence.train]
+                                 ] if existence else []
 
     def __len__(self) -> int:
         return self.cfg.steps
@@ -134,18 +127,17 @@ class SketchBatches(Dataset):
         """The kind of the step's sketch samples, their indices in that kind's set, and the step's generator."""
         rng = random.Random(self.seed * 1_000_003 + step)
         kind = rng.choices(self.kinds, self.weights)[0]
-        pool, stage = self.sets[kind].train, -1  # stage: the curriculum's pool, -1 for all training questions
-        if kind in ("existence", "choice"):
+        pool = self.sets[kind].train
+        if kind == "existence":
             stage = next((k for k, last in enumerate(self.cfg.existence_curriculum) if step < last), -1)
-            small = self.small_scenes if kind == "existence" else self.small_choice
-            if stage >= 0 and small[stage]:
-                pool = small[stage]
+            if stage >= 0 and self.small_scenes[stage]:
+                pool = self.small_scenes[stage]
             else:
-                stage = -1
-        if kind == "choice" or (kind == "existence" and self.cfg.existence_pairs):
-            groups = self.groups[kind][stage]
-            chosen = rng.sample(groups, min(max(1, self.n_sketch // 2), len(groups)))
-            return kind, [i for group in chosen for i in group], rng
+                stage = -1  # all training questions
+            if self.cfg.existence_pairs:
+                groups = self.existence_groups[stage]
+                chosen = rng.sample(groups, min(max(1, self.n_sketch // 2), len(groups)))
+                return kind, [i for group in chosen for i in group], rng
         return kind, rng.sample(pool, min(self.n_sketch, len(pool))), rng
 
     def encode(self, kind: str, indices: list[int]) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
@@ -237,11 +229,11 @@ class SketchTrainer(Trainer):
 def held_out_scores(model: nn.Module, batches: SketchBatches, image_id: int, batch_size: int = 64
                     ) -> dict[str, float]:
     """On held-out images: the share of answers that are the model's top pick at every token (teacher-forced)
-    for existence, reading and multiple-choice questions, and the held-out count."""
+    for existence and reading questions, and the held-out count."""
     model.eval()
     device = next(model.parameters()).device
     scores: dict[str, float] = {}
-    for kind in ("existence", "reading", "choice"):
+    for kind in ("existence", "reading"):
         if kind not in batches.sets or not batches.sets[kind].held_out:
             continue
         indices, right = batches.sets[kind].held_out, []

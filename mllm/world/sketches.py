@@ -13,8 +13,6 @@ The world writes, beside its stage data:
     sketch/existence.json   one-turn POPE questions about those images that hold shapes (a "yes" and a "no"
                             each, the "no" by POPE's negative sampling)
     sketch/reading.json     one-turn TextVQA and OCRBench questions about every sign
-    sketch/choice.json      a one-turn SEED or ScienceQA question about each object scene, and its twin with the
-                            options moved one place, so that the right answer has another letter
 One turn each, because in one conversation a model learns a later answer from an earlier one.
 """
 
@@ -47,22 +45,11 @@ def scene_cells(scene: Scene) -> Cells | None:
     return cells
 
 
-def rotated(family: str, doc: language.Doc) -> language.Doc:
-    """A multiple-choice row with its options moved one place up: the same answer under another letter."""
-    if family == "seed":
-        keys = [f"choice_{letter.lower()}" for letter in "ABCD"]
-        options = [doc[k] for k in keys]
-        index = ("ABCD".index(doc["answer"]) - 1) % len(options)
-        return {**doc, **dict(zip(keys, options[1:] + options[:1], strict=True)), "answer": "ABCD"[index]}
-    choices = doc["choices"]
-    return {**doc, "choices": choices[1:] + choices[:1], "answer": (doc["answer"] - 1) % len(choices)}
-
-
 def write_sketch_data(out: Path, scenes: list[tuple[str, Scene]], popular: list[str], seed: int,
                       categories: tuple[str, ...]) -> dict[str, int]:
     """Write `out/sketch/` for the training scenes `(key, scene)`; how many records each file holds."""
-    rng, choice_rng = random.Random(f"sketch-{seed}"), random.Random(f"sketch-choice-{seed}")
-    cells, existence, reading, choice = {}, [], [], []
+    rng = random.Random(f"sketch-{seed}")
+    cells, existence, reading = {}, [], []
     for key, scene in scenes:
         sketch = scene_cells(scene)
         if sketch is None:
@@ -74,19 +61,9 @@ def write_sketch_data(out: Path, scenes: list[tuple[str, Scene]], popular: list[
             for i, doc in enumerate(getattr(language, family)(scene, rng)):
                 turn = (build_prompt(family, doc), language.training_answer(family, doc))
                 reading.append(language.record(key, [turn], f"-{family}{i}"))
-        if scene.shapes:
-            present = choice_rng.choice(sorted({x.shape for x in scene.shapes}))
-            absent = choice_rng.choice([x for x in language.SHAPES if x not in {y.shape for y in scene.shapes}])
-            options = [present, absent]
-            choice_rng.shuffle(options)
-            doc = {"question": "Which of these shapes is in the image?", "choices": options,
-                   "answer": options.index(present), "hint": ""}
-            for suffix, row in (("", doc), ("r", rotated("sqa_img", doc))):
-                turn = (build_prompt("sqa_img", row), language.training_answer("sqa_img", row))
-                choice.append(language.record(key, [turn], f"-choice{suffix}"))
     folder = out / "sketch"
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"cells": cells, "existence": existence, "reading": reading, "choice": choice}
+    files = {"cells": cells, "existence": existence, "reading": reading}
     for name, data in files.items():
         (folder / f"{name}.json").write_text(json.dumps(data, indent=1))
     return {name: len(data) for name, data in files.items()}
