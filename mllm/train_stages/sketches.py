@@ -49,8 +49,8 @@ class SketchConfig:
     # check before nine): [500, 650] is one until step 500, at most two until 650, then all scenes.
     existence_curriculum: list[int] = field(default_factory=list)
     # Existence steps draw images and ask all their questions (a present and an absent shape), so that within a
-    # batch neither the image nor, on average, the question alone predicts the answer: the check forms on more
-    # seeds, though the demo's VLMs did not gain from it (benchmarks/results/demo_sketch_recipe_cpu.json).
+    # batch the image alone never predicts the answer: the check forms on more seeds, though the demo's VLMs
+    # did not gain from it (benchmarks/results/demo_sketch_recipe_cpu.json).
     existence_pairs: bool = False
     side: int = 3            # image tokens per side: 3 for a /32 tower at 96 px, 6 for a /16 one
     held_out: float = 0.1    # share of sketched images kept out of training and scored at the end
@@ -118,7 +118,7 @@ class SketchBatches(Dataset):
                              for limit in range(1, len(cfg.existence_curriculum) + 1)] if existence else []
         # Existence pools (each curriculum stage's, then all training questions) as groups of one image's questions.
         self.existence_groups = [_by_image(pool, existence.images) for pool in [*self.small_scenes, existence.train]
-                                 ] if existence else []
+                                 ] if existence and cfg.existence_pairs else []
 
     def __len__(self) -> int:
         return self.cfg.steps
