@@ -95,12 +95,32 @@ class ExistenceTask:
 
     def batch(self, items: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids, their mask, and the yes/no target of the last position."""
-        length = max(len(ids) for ids, _ in items)
-        ids = torch.full((len(items), length), self.tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for row, (seq, _) in enumerate(items):
-            ids[row, length - len(seq):], mask[row, length - len(seq):] = torch.tensor(seq), 1
+        ids, mask = left_padded([seq for seq, _ in items], self.tokenizer.pad_token_id)
         return ids, mask, torch.tensor([self.yes if answer else self.no for _, answer in items])
+
+
+def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences padded on the left (so that every last position is a prompt's end), and their mask."""
+    length = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), length), pad_id)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, length - len(seq):], mask[row, length - len(seq):] = torch.tensor(seq), 1
+    return ids, mask
+
+
+def demo_size_lm(tokenizer: object, seed: int, overrides: dict | None = None) -> tuple[LlamaForCausalLM, dict]:
+    """A fresh Llama of the demo's LM size (configs/demo.yaml, with `overrides`), seeded, and that size."""
+    overrides = overrides or {}
+    size = {**yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"], **overrides}
+    size["num_kv_heads"] = overrides.get("num_kv_heads", size["num_heads"])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
+        num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
+        num_key_value_heads=size["num_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id))
+    return model, size
 
 
 def _factor(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,21 +191,14 @@ def main() -> None:
     else:
         held_out, train = captions[:400], captions[400:]
     test = [task.example(c, random.Random(i)) for i, c in enumerate(held_out)]
-    size = {**yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["language"]["llm"], **args.size}
-    size["num_kv_heads"] = args.size.get("num_kv_heads", size["num_heads"])
-    torch.manual_seed(args.seed)
     if args.init:
-        model = AutoModelForCausalLM.from_pretrained(args.init).to(args.device)
+        model = AutoModelForCausalLM.from_pretrained(args.init)
         size = {k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
     else:
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=size["hidden_size"], intermediate_size=size["intermediate_size"],
-            num_hidden_layers=size["num_layers"], num_attention_heads=size["num_heads"],
-            num_key_value_heads=size["num_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id))
+        model, size = demo_size_lm(tokenizer, args.seed, args.size)
         if args.attention_init == "mimetic":
             mimetic_init_(model, args.seed)
-        model = model.to(args.device)
+    model = model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
     repeats = None
