@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from mllm.data.conversation import IGNORE_INDEX
-from mllm.eval.prompts import build_prompt
 from mllm.llm import LLMConfig, build_llm, load_tokenizer
-from mllm.train_stages.language import LanguageConfig, OptionDrills, pretrain_language
+from mllm.train_stages.language import LanguageConfig, pretrain_language
 from mllm.train_stages.sketches import (
-    DRILL,
     REPEAT,
     SKETCH,
     SketchBatches,
@@ -102,7 +99,7 @@ def test_part_losses_sum_each_parts_token_mean(tiny_lm: tuple) -> None:
     torch.testing.assert_close(part_losses(logits, labels, parts), expected)
 
 
-def sketch_batches(world: Path, tokenizer, drills: OptionDrills | None = None, **options) -> SketchBatches:
+def sketch_batches(world: Path, tokenizer, **options) -> SketchBatches:
     cfg = SketchConfig(world=str(world), steps=20, **options)
     cells = load_cells(world / "sketch" / "cells.json")
     images = sorted(cells)
@@ -112,7 +109,7 @@ def sketch_batches(world: Path, tokenizer, drills: OptionDrills | None = None, *
         ("existence", world / "sketch" / "existence.json", "chat"))}
     words = sorted({w for grid in cells.values() for ws in grid.values() for w in ws})
     cell_ids = dict(zip(words, tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"], strict=True))
-    return SketchBatches(sets, cells, cell_ids, None, None, cfg, 8, tokenizer.pad_token_id, seed=0, drills=drills)
+    return SketchBatches(sets, cells, cell_ids, None, None, cfg, 8, tokenizer.pad_token_id, seed=0)
 
 
 def drawn(batches: SketchBatches, step: int) -> list[tuple[str, int]]:
@@ -159,44 +156,6 @@ def test_existence_steps_ask_both_questions_of_each_drawn_image(tiny_world: Path
     assert len(images) == 8 and len(set(images)) > 4
 
 
-def test_option_drills_ask_the_letter_of_the_named_option_as_the_benchmarks_lay_options_out(tiny_lm: tuple) -> None:
-    _, tokenizer = tiny_lm
-    drills = OptionDrills(["red", "blue", "star", "ring", "STOP"], tokenizer)
-    rng = random.Random(0)
-    counts = set()
-    for most in (2, 4, 4, 4, 4, 4, 4, 4):
-        row = drills.draw(rng, most)
-        labelled = row["labels"] != IGNORE_INDEX
-        prompt = tokenizer.decode(row["input_ids"][~labelled])
-        letter = tokenizer.decode(row["labels"][labelled]).strip()[0]
-        options = [line[3:] for line in prompt.split("\n") if line[1:3] == ". "]
-        asked = prompt.split("Which option is ")[1].split("?")[0]
-        assert build_prompt("sqa_img", {"question": f"Which option is {asked}?", "choices": options, "hint": ""}
-                            ) in prompt
-        assert letter == "ABCD"[options.index(asked)] and 2 <= len(options) <= most
-        assert not labelled[: int(labelled.float().argmax())].any()  # the loss only on the reply
-        counts.add(len(options))
-    assert counts == {2, 3, 4}
-    with pytest.raises(ValueError, match="four words"):
-        OptionDrills(["red", "blue"], tokenizer)
-
-
-def test_drills_take_their_share_of_the_batch_and_leave_the_other_draws_alone(tiny_world: Path,
-                                                                               tiny_lm: tuple) -> None:
-    _, tokenizer = tiny_lm
-    plain = sketch_batches(tiny_world, tokenizer, existence_weight=0.5, reading_weight=0.0)
-    drills = OptionDrills(["red", "blue", "star", "ring", "STOP"], tokenizer)
-    drilled = sketch_batches(tiny_world, tokenizer, drills, existence_weight=0.5, reading_weight=0.0,
-                             drill_share=0.25, drill_two_options_until=5)
-    for step in (0, 4, 5, 19):
-        assert drawn(plain, step) == drawn(drilled, step)
-        batch = drilled[step]
-        rows = (batch["part"] == DRILL).nonzero().flatten().tolist()
-        assert rows == [4, 5] and (batch["part"][:4] == SKETCH).all()
-        prompts = [tokenizer.decode(batch["input_ids"][r]) for r in rows]
-        assert all(("C. " in p) <= (step >= 5) for p in prompts)
-
-
 def test_sketch_cell_tokens_spread_a_cell_over_a_16_towers_two_by_two(tiny_world: Path, tiny_lm: tuple) -> None:
     _, tokenizer = tiny_lm
     small, large = (sketch_batches(tiny_world, tokenizer, side=side) for side in (3, 6))
@@ -216,8 +175,6 @@ def test_sketch_config_refuses_what_cannot_train(tiny_world: Path) -> None:
         SketchConfig(world="w", steps=-1).check()
     with pytest.raises(ValueError, match="share"):
         SketchConfig(world="w", steps=5, share=0.8, text_share=0.5).check()
-    with pytest.raises(ValueError, match="drill_share"):
-        SketchConfig(world="w", steps=5, share=0.5, text_share=0.25, drill_share=0.5).check()
     with pytest.raises(ValueError, match="existence_weight"):
         SketchConfig(world="w", steps=5, existence_weight=0.7, reading_weight=0.5).check()
     with pytest.raises(ValueError, match="existence_curriculum"):

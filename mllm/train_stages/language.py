@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from mllm.data.conversation import IGNORE_INDEX, bos, encode_chat
+from mllm.data.conversation import IGNORE_INDEX, bos
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
-from mllm.eval.prompts import build_prompt
 from mllm.llm import IMAGE_TOKEN, LLMConfig, build_llm, load_tokenizer
 from mllm.train_stages.sketches import (
     SketchBatches,
@@ -145,31 +144,6 @@ class RepeatedWords(Dataset):
         return {"input_ids": torch.tensor(ids), "labels": labels}
 
 
-class OptionDrills:
-    """"Which option is <word>?" over two to four lettered options of given words, the reply its letter.
-
-    The benchmarks' multiple-choice questions need the letter written *before* the option that matches, a
-    step that the word repeats never practise (they copy the token after a match). The options are laid out
-    as the benchmarks lay out ScienceQA's; a fresh LM of the demo's size learns the step in 600-700 steps
-    when every prompt has two options first and never with two to four from the start
-    (benchmarks/lm_choice_probe.py).
-    """
-
-    def __init__(self, words: list[str], tokenizer: Any) -> None:
-        if len(words) < 4:
-            raise ValueError(f"OptionDrills needs at least four words, got {len(words)}")
-        self.words, self.tokenizer = words, tokenizer
-
-    def draw(self, rng: random.Random, most_options: int = 4) -> dict[str, torch.Tensor]:
-        options = rng.sample(self.words, rng.randint(2, most_options))
-        target = rng.randrange(len(options))
-        prompt = build_prompt("sqa_img", {"question": f"Which option is {options[target]}?", "choices": options,
-                                          "hint": ""})
-        ids, labels = encode_chat(self.tokenizer, [{"role": "user", "content": prompt},
-                                                   {"role": "assistant", "content": "ABCD"[target]}])
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-
-
 def pretrain_language(cfg: LanguageConfig) -> dict[str, Any]:
     if not 0.0 <= cfg.repeat_fraction < 1.0:
         raise ValueError(f"repeat_fraction must be in [0, 1), got {cfg.repeat_fraction}")
@@ -233,10 +207,9 @@ def _sketch_trainer(cfg: LanguageConfig, model: torch.nn.Module, tokenizer: Any,
                         strict=True))
     text = ConcatDataset(text_parts) if text_parts else None
     repeats = (RepeatedWords.from_corpus(Path(cfg.corpus), tokenizer, cfg.batch_size * sk.steps, cfg.seed)
-               if sk.share + sk.text_share + sk.drill_share < 1 else None)
-    drills = OptionDrills(words, tokenizer) if sk.drill_share else None
+               if sk.share + sk.text_share < 1 else None)
     batches = SketchBatches(sets, cells, cell_ids, text, repeats, sk, cfg.batch_size, tokenizer.pad_token_id,
-                            cfg.seed, drills)
+                            cfg.seed)
     args = training_arguments(out / "trainer", 1, cfg.lr, 1, cfg.warmup_ratio, cfg.seed, max_steps=sk.steps,
                               **options)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)  # load_tokenizer adds it when missing

@@ -31,7 +31,7 @@ from mllm.data.conversation import IGNORE_INDEX
 from mllm.data.images import ImageConfig
 from mllm.data.llava_json import ConversationDataset, collate
 
-SKETCH, TEXT, REPEAT, DRILL = 0, 1, 2, 3  # batch parts
+SKETCH, TEXT, REPEAT = 0, 1, 2  # batch parts
 KINDS = ("align", "instruct", "existence", "reading")
 
 
@@ -43,8 +43,6 @@ class SketchConfig:
     steps: int = 0           # optimizer steps, each one batch of the language config's batch_size
     share: float = 0.5       # of each batch: sketch samples
     text_share: float = 0.0  # of each batch: corpus lines and text conversations; the rest are word repeats
-    drill_share: float = 0.0  # of each batch: option-letter drills (`OptionDrills`), taken from the repeats' share
-    drill_two_options_until: int = 0  # drills have two options until this step, then two to four
     existence_weight: float = 0.6  # chance that a step's sketch samples are existence (POPE) questions
     reading_weight: float = 0.15   # ... reading questions; alignment captions and instructions share the rest
     # Steps up to which existence questions are about scenes of at most 1, 2, ... filled cells (one cell to
@@ -62,10 +60,9 @@ class SketchConfig:
             raise ValueError(f"sketch.steps must be >= 0, got {self.steps}")
         if not self.world:
             raise ValueError("sketch.world must name a world folder when sketch.steps > 0")
-        if not (0 < self.share and min(self.text_share, self.drill_share) >= 0
-                and self.share + self.text_share + self.drill_share <= 1):
-            raise ValueError(f"sketch.share must be > 0 and share + text_share + drill_share <= 1 (none negative), "
-                             f"got {self.share}, {self.text_share}, {self.drill_share}")
+        if not (0 < self.share and self.share + self.text_share <= 1):
+            raise ValueError(f"sketch.share must be > 0 and share + text_share <= 1, got {self.share}, "
+                             f"{self.text_share}")
         if self.existence_weight < 0 or self.reading_weight < 0 or self.existence_weight + self.reading_weight > 1:
             raise ValueError("sketch.existence_weight and reading_weight must be >= 0 with a sum <= 1")
         if self.side not in (3, 6):
@@ -106,13 +103,12 @@ class SketchBatches(Dataset):
 
     def __init__(self, sets: dict[str, SketchSet], cells: dict[str, dict[int, list[str]]],
                  cell_ids: dict[str, list[int]], text: Dataset | None, repeats: Dataset | None, cfg: SketchConfig,
-                 batch_size: int, pad_id: int, seed: int, drills: Any = None) -> None:
+                 batch_size: int, pad_id: int, seed: int) -> None:
         self.sets, self.cells, self.cell_ids, self.text, self.repeats = sets, cells, cell_ids, text, repeats
-        self.cfg, self.pad_id, self.seed, self.drills = cfg, pad_id, seed, drills
+        self.cfg, self.pad_id, self.seed = cfg, pad_id, seed
         self.n_sketch = max(1, round(batch_size * cfg.share))
         self.n_text = round(batch_size * cfg.text_share) if text is not None else 0
-        self.n_drill = round(batch_size * cfg.drill_share) if drills is not None else 0
-        self.n_repeat = batch_size - self.n_sketch - self.n_text - self.n_drill if repeats is not None else 0
+        self.n_repeat = batch_size - self.n_sketch - self.n_text if repeats is not None else 0
         rest = (1 - cfg.existence_weight - cfg.reading_weight) / 2
         self.kinds = [k for k in KINDS if k in sets]
         weights = {"align": rest, "instruct": rest, "existence": cfg.existence_weight, "reading": cfg.reading_weight}
@@ -159,9 +155,6 @@ class SketchBatches(Dataset):
             if n:
                 rows += [documents[rng.randrange(len(documents))] for _ in range(n)]
                 parts += [part] * n
-        most_options = 2 if step < self.cfg.drill_two_options_until else 4
-        rows += [self.drills.draw(rng, most_options) for _ in range(self.n_drill)]
-        parts += [DRILL] * self.n_drill
         batch = collate(rows, self.pad_id)
         batch["part"], batch["sketch_ids"], batch["sketch_mask"] = torch.tensor(parts), sketch_ids, sketch_mask
         return batch
