@@ -40,8 +40,7 @@ def test_the_target_letter_names_the_asked_word_and_test_tuples_never_train(prob
             asked = prompt.split("Which option is ")[1].split("?")[0]
             assert len(options) == n_options and probe.held_out(tuple(options)) == testing
             assert tokenizer.decode([letter]).strip() == "ABCD"[options.index(asked)]
-            assert prompt.index("Which option") < prompt.index("A. ") if order == "before" else (
-                prompt.index("A. ") < prompt.index("Which option"))
+            assert (prompt.index("Which option") < prompt.index("A. ")) == (order == "before")
 
 
 def test_before_is_the_benchmarks_option_layout(probe: ModuleType, tiny_world: Path) -> None:
